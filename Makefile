@@ -1,0 +1,54 @@
+# Painpath: `make run` and `make test` each do all set-up on a fresh machine.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test test-unit lint contract lock stack-up stack-down clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --requirement requirements.lock
+	$(BIN)/pip install --quiet --no-deps --editable .
+	touch $@
+
+## Start the local stack (Tansu broker + embedded PostgreSQL), create topics, run the gateway.
+run: install
+	$(BIN)/painpath stack up
+	$(BIN)/painpath topics create
+	$(BIN)/painpath db migrate
+	$(BIN)/painpath gateway
+
+## The whole suite: unit tests, then integration tests against a real broker and database.
+test: install
+	$(BIN)/painpath contract export --check
+	$(BIN)/pytest
+
+test-unit: install
+	$(BIN)/pytest tests/unit
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+## Regenerate the JSON Schemas and the AsyncAPI document from the models.
+contract: install
+	$(BIN)/painpath contract export
+
+## Re-pin dependencies after editing pyproject.toml.
+lock: install
+	$(BIN)/pip install --quiet uv
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+
+stack-up: install
+	$(BIN)/painpath stack up
+
+stack-down: install
+	$(BIN)/painpath stack down
+
+clean:
+	-$(BIN)/painpath stack down
+	rm -rf $(VENV) .painpath .pytest_cache
