@@ -1,0 +1,1 @@
+"""What Painpath's services share: the event contract, settings, logging, topics and plumbing."""

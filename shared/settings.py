@@ -1,0 +1,69 @@
+"""Settings from the environment, in one place (see the README's settings table).
+
+Everything is read from environment variables (or a `.env` file in the working directory).
+When no broker or database is configured, the services fall back to the local stack started
+by `painpath stack up` (see `painpath.stack`): that is the embedded default.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ApiKey(BaseModel):
+    """One source system's key: the `source` values (exact, or a prefix ending in `*`) it may use."""
+
+    name: str = Field(min_length=1, description="label used in logs and metrics, never the key")
+    key: SecretStr
+    sources: list[str] = Field(min_length=1)
+
+    def may_publish(self, source: str) -> bool:
+        return any(
+            source.startswith(allowed[:-1]) if allowed.endswith("*") else source == allowed
+            for allowed in self.sources
+        )
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    # Kafka
+    kafka_bootstrap_servers: str | None = None
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_topic_prefix: str = ""
+    kafka_request_timeout_ms: int = Field(default=30_000, gt=0)
+
+    # PostgreSQL
+    database_url: SecretStr | None = None
+    database_pool_max: int = Field(default=10, gt=0)
+
+    # Gateway
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = Field(default=8080, ge=1, le=65535)
+    gateway_api_keys: list[ApiKey] = Field(default_factory=list)
+    gateway_max_body_bytes: int = Field(default=5 * 1024 * 1024, gt=0)
+    gateway_idempotency_retention_days: int = Field(default=30, gt=0)
+
+    # Logging
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_pseudonym_key: SecretStr | None = None
+
+    # The local stack (`painpath stack up`): where it keeps pids, logs and data; its broker's port.
+    painpath_state_dir: Path = Path(".painpath")
+    painpath_broker_port: int = Field(default=19092, ge=1, le=65535)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
