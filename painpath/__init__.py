@@ -1,0 +1,1 @@
+"""Painpath's command line and local tooling."""

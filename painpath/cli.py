@@ -1,0 +1,154 @@
+"""The `painpath` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import typer
+
+from shared.logging import configure_logging
+from shared.settings import Settings
+from shared.stack import LocalStack, resolve_endpoints
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+stack_app = typer.Typer(no_args_is_help=True, help="The local broker and PostgreSQL.")
+topics_app = typer.Typer(no_args_is_help=True, help="Kafka topics of the catalog.")
+db_app = typer.Typer(no_args_is_help=True, help="The PostgreSQL schema.")
+contract_app = typer.Typer(no_args_is_help=True, help="The event contract's documents.")
+app.add_typer(stack_app, name="stack")
+app.add_typer(topics_app, name="topics")
+app.add_typer(db_app, name="db")
+app.add_typer(contract_app, name="contract")
+
+
+def _settings() -> Settings:
+    settings = Settings()
+    configure_logging(
+        settings.log_level,
+        settings.log_pseudonym_key.get_secret_value() if settings.log_pseudonym_key else None,
+    )
+    return settings
+
+
+@stack_app.command("up")
+def stack_up() -> None:
+    """Start the Tansu broker and the embedded PostgreSQL (reusing what already runs)."""
+    settings = _settings()
+    state = LocalStack(settings.painpath_state_dir, settings.painpath_broker_port).up()
+    typer.echo(f"broker    {state.bootstrap_servers} (pid {state.broker_pid})")
+    typer.echo(f"database  {state.database_url}")
+    typer.echo(f"state     {settings.painpath_state_dir.resolve()}")
+    typer.echo("local gateway API key: painpath stack key")
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop the local broker and PostgreSQL (the database's data is kept)."""
+    LocalStack(_settings().painpath_state_dir).down()
+    typer.echo("stopped")
+
+
+@stack_app.command("key")
+def stack_key() -> None:
+    """Print the local gateway's API key (allowed every source)."""
+    state = LocalStack(_settings().painpath_state_dir).state()
+    if state is None:
+        raise typer.BadParameter("the local stack is not running: painpath stack up")
+    typer.echo(state.api_key)
+
+
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create every topic of the catalog with its partitions and configs (idempotent)."""
+    from shared.kafka import create_topics
+
+    settings = _settings()
+    endpoints = resolve_endpoints(settings)
+    for result in asyncio.run(create_topics(settings, endpoints.bootstrap_servers)):
+        verb = "created" if result.created else "exists "
+        typer.echo(f"{verb}  {result.name}  ({result.partitions} partitions)")
+
+
+@db_app.command("migrate")
+def db_migrate() -> None:
+    """Apply the schema migrations not yet applied (idempotent)."""
+    from shared.db import migrate
+
+    endpoints = resolve_endpoints(_settings())
+    applied = asyncio.run(migrate(endpoints.database_url))
+    typer.echo(f"applied {len(applied)} migration(s)" + "".join(f"\n  {m.version:04d}_{m.name}" for m in applied))
+
+
+@app.command()
+def gateway(
+    host: str = typer.Option(None, help="Default: GATEWAY_HOST"),
+    port: int = typer.Option(None, help="Default: GATEWAY_PORT"),
+) -> None:
+    """Run the ingest gateway (HTTP)."""
+    import uvicorn
+
+    from services.gateway.app import create_app
+
+    settings = _settings()
+    endpoints = resolve_endpoints(settings)
+    configure_logging(settings.log_level, endpoints.pseudonym_key)
+    uvicorn.run(
+        create_app(settings, endpoints),
+        host=host or settings.gateway_host,
+        port=port or settings.gateway_port,
+        log_config=None,
+        access_log=False,
+    )
+
+
+@app.command()
+def publish(
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSON lines, one event each"),
+    gateway_url: str = typer.Option(None, "--gateway", help="Default: http://GATEWAY_HOST:GATEWAY_PORT"),
+    api_key: str = typer.Option(None, envvar="PAINPATH_API_KEY", help="Default: the local stack's key"),
+    batch_size: int = typer.Option(500, min=1, max=1000),
+    strict: bool = typer.Option(False, help="Exit 1 when any line was rejected"),
+) -> None:
+    """Send a JSON-lines file of events through the gateway, in batches, with a progress bar."""
+    from painpath.publish import PublishError, publish_file
+
+    settings = _settings()
+    if api_key is None:
+        state = LocalStack(settings.painpath_state_dir).state()
+        if state is None:
+            raise typer.BadParameter("give --api-key (or PAINPATH_API_KEY), or run painpath stack up")
+        api_key = state.api_key
+    url = gateway_url or f"http://{settings.gateway_host}:{settings.gateway_port}"
+    try:
+        summary = publish_file(file, url, api_key, batch_size)
+    except PublishError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(
+        f"accepted {summary.accepted}  duplicate {summary.duplicate}  rejected {summary.rejected}"
+    )
+    for reason in summary.first_reasons:
+        typer.echo(f"  {reason}")
+    if strict and summary.rejected:
+        raise typer.Exit(1)
+
+
+@contract_app.command("export")
+def contract_export(
+    check: bool = typer.Option(False, help="Write nothing; exit 1 if a document is out of date"),
+    root: Path = typer.Option(Path("."), help="The repository's root"),
+) -> None:
+    """Generate the JSON Schemas and the AsyncAPI document from the models."""
+    from shared.contract.export import export
+
+    stale = export(root, check=check)
+    if check and stale:
+        typer.echo("out of date (run `make contract`): " + ", ".join(map(str, stale)), err=True)
+        raise typer.Exit(1)
+    typer.echo(json.dumps({"checked" if check else "written": [str(path) for path in stale]}))
+
+
+def main() -> None:
+    app()
