@@ -1,0 +1,218 @@
+"""Ingest: validate a batch of events, deduplicate by (source, id), publish what is new.
+
+The rule that nothing accepted is lost and nothing is published twice for one acceptance:
+the (source, id) claims are inserted and the new events published inside one database
+transaction, committed only after the broker acknowledged every send (`acks=all`). A failed
+publish rolls the claims back and the request answers 503, so the client's retry is safe; a
+crash after the publish but before the commit can at worst publish an event a second time,
+which consumers drop by its (source, id) — at-least-once, never lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from pydantic import BaseModel
+
+from shared.contract import ContractViolation, Violation, parse_event
+from shared.logging import SafeMessage
+from shared.settings import ApiKey
+
+MAX_BATCH = 1000
+
+
+class ItemStatus(StrEnum):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    REJECTED = "rejected"
+    CONFLICT = "conflict"
+    FORBIDDEN = "forbidden"
+
+
+ITEM_CODES = {
+    ItemStatus.ACCEPTED: 202,
+    ItemStatus.DUPLICATE: 200,
+    ItemStatus.REJECTED: 422,
+    ItemStatus.CONFLICT: 409,
+    ItemStatus.FORBIDDEN: 403,
+}
+
+
+class ItemResult(BaseModel):
+    index: int
+    id: str | None = None
+    status: ItemStatus
+    code: int
+    errors: list[Violation] = []
+
+
+class PublishFailed(SafeMessage, RuntimeError):
+    """The broker did not acknowledge every event of the batch: nothing of it was accepted."""
+
+
+@dataclass
+class _Candidate:
+    index: int
+    source: str
+    event_id: str
+    patient_id: str
+    value: bytes
+    content_hash: bytes
+
+
+@dataclass
+class Outcome:
+    results: list[ItemResult] = field(default_factory=list)
+
+    def count(self, status: ItemStatus) -> int:
+        return sum(result.status is status for result in self.results)
+
+
+def _result(index: int, event_id: str | None, status: ItemStatus, *errors: Violation) -> ItemResult:
+    return ItemResult(
+        index=index, id=event_id, status=status, code=ITEM_CODES[status], errors=list(errors)
+    )
+
+
+def _event_id(item: Any) -> str | None:
+    """The item's id for the reply, only when it is a plain string (it is not patient data)."""
+    value = item.get("id") if isinstance(item, dict) else None
+    return value if isinstance(value, str) and 0 < len(value) <= 256 else None
+
+
+class Ingestor:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        producer: AIOKafkaProducer,
+        topic: str,
+        publish_timeout: float = 15.0,
+    ):
+        self._pool = pool
+        self._producer = producer
+        self._topic = topic
+        self._publish_timeout = publish_timeout
+
+    async def ingest(
+        self, items: list[Any], api_key: ApiKey, traceparent: str | None = None
+    ) -> Outcome:
+        results: dict[int, ItemResult] = {}
+        candidates: list[_Candidate] = []
+        seen: dict[tuple[str, str], bytes] = {}
+        for index, item in enumerate(items):
+            event_id = _event_id(item)
+            try:
+                event = parse_event(item)
+            except ContractViolation as violation:
+                results[index] = _result(index, event_id, ItemStatus.REJECTED, *violation.violations)
+                continue
+            if not api_key.may_publish(event.source):
+                results[index] = _result(
+                    index,
+                    event.id,
+                    ItemStatus.FORBIDDEN,
+                    Violation(field="source", reason="this API key may not publish for this source"),
+                )
+                continue
+            canonical = json.dumps(item, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+            content_hash = hashlib.sha256(canonical.encode()).digest()
+            if event.key in seen:  # the same event twice in one batch
+                status = ItemStatus.DUPLICATE if seen[event.key] == content_hash else ItemStatus.CONFLICT
+                results[index] = _result(index, event.id, status, *_conflict(status))
+                continue
+            seen[event.key] = content_hash
+            candidates.append(
+                _Candidate(
+                    index=index,
+                    source=event.source,
+                    event_id=event.id,
+                    patient_id=event.patient_id,
+                    value=json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode(),
+                    content_hash=content_hash,
+                )
+            )
+        if candidates:
+            results.update(await self._claim_and_publish(candidates, traceparent))
+        return Outcome([results[index] for index in sorted(results)])
+
+    async def _claim_and_publish(
+        self, candidates: list[_Candidate], traceparent: str | None
+    ) -> dict[int, ItemResult]:
+        results: dict[int, ItemResult] = {}
+        async with self._pool.acquire() as connection, connection.transaction():
+            # Sorted so that concurrent batches take the key locks in one order (no deadlock).
+            claimed = {
+                (row["source"], row["event_id"])
+                for row in await connection.fetch(
+                    """INSERT INTO gateway_accepted_events (source, event_id, content_hash)
+                       SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])
+                       ORDER BY 1, 2
+                       ON CONFLICT DO NOTHING
+                       RETURNING source, event_id""",
+                    [c.source for c in candidates],
+                    [c.event_id for c in candidates],
+                    [c.content_hash for c in candidates],
+                )
+            }
+            known = [c for c in candidates if (c.source, c.event_id) not in claimed]
+            if known:
+                stored = {
+                    (row["source"], row["event_id"]): row["content_hash"]
+                    for row in await connection.fetch(
+                        """SELECT source, event_id, content_hash FROM gateway_accepted_events
+                           WHERE (source, event_id) IN
+                                 (SELECT * FROM unnest($1::text[], $2::text[]))""",
+                        [c.source for c in known],
+                        [c.event_id for c in known],
+                    )
+                }
+                for candidate in known:
+                    same = stored.get((candidate.source, candidate.event_id)) == candidate.content_hash
+                    status = ItemStatus.DUPLICATE if same else ItemStatus.CONFLICT
+                    results[candidate.index] = _result(
+                        candidate.index, candidate.event_id, status, *_conflict(status)
+                    )
+            fresh = [c for c in candidates if (c.source, c.event_id) in claimed]
+            await self._publish(fresh, traceparent)
+            for candidate in fresh:
+                results[candidate.index] = _result(
+                    candidate.index, candidate.event_id, ItemStatus.ACCEPTED
+                )
+        return results
+
+    async def _publish(self, candidates: list[_Candidate], traceparent: str | None) -> None:
+        headers = [("content-type", b"application/cloudevents+json")]
+        if traceparent:
+            headers.append(("traceparent", traceparent.encode()))
+        try:
+            # send() in batch order: one patient's events keep their order within a partition.
+            sends = [
+                await self._producer.send(
+                    self._topic,
+                    value=candidate.value,
+                    key=candidate.patient_id.encode(),
+                    headers=headers,
+                )
+                for candidate in candidates
+            ]
+            await asyncio.wait_for(asyncio.gather(*sends), self._publish_timeout)
+        except Exception as exc:
+            raise PublishFailed("the event broker did not acknowledge the batch") from exc
+
+
+def _conflict(status: ItemStatus) -> tuple[Violation, ...]:
+    if status is ItemStatus.CONFLICT:
+        return (
+            Violation(
+                field="id",
+                reason="an event with this source and id was already accepted with other content",
+            ),
+        )
+    return ()
