@@ -11,13 +11,16 @@ a `time` without an offset is a violation, not something to coerce.
 from __future__ import annotations
 
 import json
-from datetime import date
+import math
+import re
+from datetime import date, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -27,7 +30,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
+TIME_REASON = "must be an RFC 3339 timestamp with an offset (e.g. Z or +01:00)"
 PATIENT_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
 
 PatientId = Annotated[
@@ -104,7 +109,31 @@ SCORE_RANGES: dict[Instrument, tuple[float, float, bool]] = {
 }
 
 
-class _Data(BaseModel):
+def _non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_non_finite(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_non_finite(item) for item in value)
+    return False
+
+
+class _FreeFormIsFinite:
+    """Unknown extra fields and free-form objects are kept, but only as strict JSON.
+
+    `NaN`, `Infinity` and overflowing literals such as `1e400` parse to non-finite floats in
+    free-form parts, which typed float fields refuse; they are refused here too.
+    """
+
+    @model_validator(mode="after")
+    def _free_form_is_finite(self):
+        if _non_finite(self.model_extra) or _non_finite(getattr(self, "findings", None)):
+            raise ValueError("numbers must be finite (NaN and Infinity are not JSON)")
+        return self
+
+
+class _Data(_FreeFormIsFinite, BaseModel):
     model_config = ConfigDict(strict=True, extra="allow", frozen=True, allow_inf_nan=False)
 
     patient_id: PatientId
@@ -183,7 +212,12 @@ class TrialStoppedData(_Data):
 
 class SideEffectData(_Data):
     model_config = ConfigDict(
-        json_schema_extra={"anyOf": [{"required": ["trial_id"]}, {"required": ["drug"]}]}
+        json_schema_extra={
+            "anyOf": [
+                {"required": [name], "properties": {name: {"type": "string"}}}
+                for name in ("trial_id", "drug")
+            ]
+        }
     )
 
     trial_id: NonEmpty | None = None
@@ -217,7 +251,22 @@ class RetractionData(_Data):
     retracted_id: NonEmpty = Field(description="The `id` of an earlier event from the same source.")
 
 
-class _Envelope(BaseModel):
+RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
+
+
+def _rfc3339(value: Any) -> Any:
+    """Only RFC 3339 date-times with an offset; the parser alone would take more forms."""
+    if not isinstance(value, str):
+        return value  # refused by the datetime validation that follows, as not a string
+    if not RFC3339.match(value):
+        raise PydanticCustomError("rfc3339", TIME_REASON)
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:  # e.g. 2026-02-30, or an hour of 25
+        raise PydanticCustomError("rfc3339", TIME_REASON) from None
+
+
+class _Envelope(_FreeFormIsFinite, BaseModel):
     """CloudEvents 1.0 attributes, structured JSON mode. Extension attributes are kept."""
 
     model_config = ConfigDict(strict=True, extra="allow", frozen=True)
@@ -225,7 +274,9 @@ class _Envelope(BaseModel):
     specversion: Literal["1.0"]
     id: NonEmpty = Field(description="Unique per source: (source, id) is the idempotency key.")
     source: NonEmpty = Field(description="URI reference of the publishing system.")
-    time: AwareDatetime = Field(description="RFC 3339 with offset: when the clinical fact happened.")
+    time: Annotated[AwareDatetime, BeforeValidator(_rfc3339)] = Field(
+        description="RFC 3339 with offset: when the clinical fact happened."
+    )
     datacontenttype: Literal["application/json"] | None = None
 
     @property
@@ -329,7 +380,7 @@ _REASONS = {
     "model_attributes_type": "must be a JSON object",
     "union_tag_invalid": "unknown event type; expected one of " + ", ".join(EVENT_MODELS),
     "union_tag_not_found": "field required",
-    "timezone_aware": "must be an RFC 3339 timestamp with an offset (e.g. Z or +01:00)",
+    "timezone_aware": TIME_REASON,
 }
 
 
