@@ -1,0 +1,317 @@
+"""The contract's machine-readable documents, generated from the models and the topic catalog.
+
+- `docs/contract/schemas/<type>.json`: one JSON Schema (draft 2020-12) per event type, envelope
+  and data, with `$id` `https://painpath.dev/schemas/<type>.json`.
+- `docs/contract/asyncapi.yaml`: an AsyncAPI 3.0.0 document of every topic in the catalog, with
+  the same event schemas inlined into `components.schemas` (where AsyncAPI tooling looks).
+
+Nothing here is written by hand: `export` regenerates both, and `export(check=True)` reports the
+committed files that have drifted from the models.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import TypeAdapter
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue, models_json_schema
+from pydantic_core import core_schema
+
+from shared import dead_letter
+from shared.contract.events import EVENT_MODELS, RFC3339, PatientId
+from shared.topics import CARE_TASKS, CATALOG, DETERMINATIONS, EVENTS, EVENTS_DLQ, Topic
+
+CONTRACT_VERSION = "1.0.0"
+SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+SCHEMA_ID_BASE = "https://painpath.dev/schemas/"
+
+DOCS_DIR = Path("docs/contract")
+SCHEMAS_DIR = DOCS_DIR / "schemas"
+ASYNCAPI_PATH = DOCS_DIR / "asyncapi.yaml"
+
+KAFKA_BINDING_VERSION = "0.5.0"
+
+# RFC 3339 `date-time` and `full-date`. Most validators treat `format` as an annotation only, so
+# the patterns are what actually rejects a timestamp without an offset.
+RFC3339_DATE_TIME = RFC3339.pattern
+RFC3339_FULL_DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+
+
+class ContractJsonSchema(GenerateJsonSchema):
+    """pydantic's JSON Schema, with patterns for the RFC 3339 dates and timestamps."""
+
+    def datetime_schema(self, schema: core_schema.DatetimeSchema) -> JsonSchemaValue:
+        json_schema = super().datetime_schema(schema)
+        if schema.get("tz_constraint") == "aware":
+            json_schema["pattern"] = RFC3339_DATE_TIME
+        return json_schema
+
+    def date_schema(self, schema: core_schema.DateSchema) -> JsonSchemaValue:
+        return super().date_schema(schema) | {"pattern": RFC3339_FULL_DATE}
+
+
+def schema_path(event_type: str) -> Path:
+    return SCHEMAS_DIR / f"{event_type}.json"
+
+
+def event_schema(event_type: str) -> dict[str, Any]:
+    """The standalone JSON Schema of one event type: envelope, data and their definitions."""
+    schema = EVENT_MODELS[event_type].model_json_schema(schema_generator=ContractJsonSchema)
+    return {"$schema": SCHEMA_DIALECT, "$id": f"{SCHEMA_ID_BASE}{event_type}.json", **schema}
+
+
+def asyncapi_document() -> dict[str, Any]:
+    """The AsyncAPI 3.0.0 document of the topic catalog."""
+    refs, definitions = models_json_schema(
+        [(model, "validation") for model in EVENT_MODELS.values()],
+        ref_template="#/components/schemas/{model}",
+        schema_generator=ContractJsonSchema,
+    )
+    patient_key = TypeAdapter(PatientId).json_schema()
+
+    event_messages = {
+        model.__name__: {
+            "name": event_type,
+            "title": model.__name__,
+            "summary": f"A `{event_type}` clinical event (CloudEvents 1.0, structured JSON).",
+            "contentType": "application/cloudevents+json",
+            "payload": refs[(model, "validation")],
+            "bindings": _key_binding(patient_key),
+        }
+        for event_type, model in EVENT_MODELS.items()
+    }
+    messages_by_topic = {
+        EVENTS.name: event_messages,
+        EVENTS_DLQ.name: {"RejectedEvent": _rejected_event_message()},
+        DETERMINATIONS.name: {
+            "Determination": _unspecified_message(
+                "Determination", "the classifier", DETERMINATIONS, patient_key
+            )
+        },
+        CARE_TASKS.name: {
+            "CareTaskChange": _unspecified_message(
+                "CareTaskChange", "the coordinator", CARE_TASKS, patient_key
+            )
+        },
+    }
+
+    channels = {
+        _identifier(topic.name): _channel(topic, messages_by_topic[topic.name]) for topic in CATALOG
+    }
+    operations = {
+        operation_id: {
+            "action": action,
+            "channel": {"$ref": f"#/channels/{_identifier(topic.name)}"},
+            "summary": summary,
+            "messages": [
+                {"$ref": f"#/channels/{_identifier(topic.name)}/messages/{message_id}"}
+                for message_id in messages_by_topic[topic.name]
+            ],
+        }
+        for operation_id, action, topic, summary in _OPERATIONS
+    }
+    return {
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "Painpath",
+            "version": CONTRACT_VERSION,
+            "description": (
+                "Event-driven care coordination for refractory chronic pain. Hospital systems"
+                " publish clinical events (the clinical event contract, version 1: CloudEvents"
+                " 1.0 in structured JSON mode); the classifier decides refractory status from"
+                " them and the coordinator turns determinations into care-plan tasks. Every"
+                " patient topic is keyed by `patient_id` and has the same partition count, so"
+                " that a patient's events, state and outputs stay on the same partition."
+            ),
+        },
+        "defaultContentType": "application/json",
+        "channels": channels,
+        "operations": operations,
+        "components": {
+            "schemas": definitions["$defs"],
+            "messages": {
+                message_id: message
+                for messages in messages_by_topic.values()
+                for message_id, message in messages.items()
+            },
+        },
+    }
+
+
+# Who writes and who reads each topic: (operation id, action, topic, summary).
+_OPERATIONS: tuple[tuple[str, str, Topic, str], ...] = (
+    (
+        "gatewayPublishesEvents",
+        "send",
+        EVENTS,
+        "The ingest gateway publishes each accepted event, keyed by `data.patient_id`.",
+    ),
+    (
+        "classifierConsumesEvents",
+        "receive",
+        EVENTS,
+        "The classifier validates each event and folds it into the patient's history.",
+    ),
+    (
+        "classifierDeadLettersEvents",
+        "send",
+        EVENTS_DLQ,
+        "The classifier copies a record that breaks the contract here, with headers saying why.",
+    ),
+    (
+        "classifierPublishesDeterminations",
+        "send",
+        DETERMINATIONS,
+        "The classifier publishes a determination when a patient's status or evidence changes.",
+    ),
+    (
+        "coordinatorConsumesDeterminations",
+        "receive",
+        DETERMINATIONS,
+        "The coordinator turns each determination into care-plan changes.",
+    ),
+    (
+        "coordinatorPublishesCareTasks",
+        "send",
+        CARE_TASKS,
+        "The coordinator relays care-plan task changes from its outbox, in sequence.",
+    ),
+)
+
+
+def _identifier(topic_name: str) -> str:
+    """`pain.events.dlq.v1` -> `painEventsDlqV1`: a channel id that code generators accept."""
+    first, *rest = re.split(r"[^A-Za-z0-9]+", topic_name)
+    return first + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def _channel(topic: Topic, messages: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "address": topic.name,
+        "title": topic.name,
+        "description": f"{topic.summary} Key: {topic.key}.",
+        "messages": {
+            message_id: {"$ref": f"#/components/messages/{message_id}"} for message_id in messages
+        },
+        "bindings": {
+            "kafka": {
+                "topic": topic.name,
+                "partitions": topic.partitions,
+                "topicConfiguration": {
+                    "cleanup.policy": [topic.cleanup_policy],
+                    "retention.ms": topic.retention_ms,
+                },
+                "bindingVersion": KAFKA_BINDING_VERSION,
+            }
+        },
+    }
+
+
+def _key_binding(key_schema: dict[str, Any]) -> dict[str, Any]:
+    return {"kafka": {"key": key_schema, "bindingVersion": KAFKA_BINDING_VERSION}}
+
+
+_DLQ_HEADER_FORMATS: dict[str, dict[str, str]] = {
+    dead_letter.ORIGINAL_PARTITION: {"pattern": "^[0-9]+$"},
+    dead_letter.ORIGINAL_OFFSET: {"pattern": "^[0-9]+$"},
+    dead_letter.FAILED_AT: {"format": "date-time"},
+}
+
+
+def _rejected_event_message() -> dict[str, Any]:
+    return {
+        "name": "rejected-event",
+        "title": "Rejected event",
+        "summary": EVENTS_DLQ.summary,
+        "contentType": "application/octet-stream",
+        "headers": {
+            "type": "object",
+            "description": "The original record's headers are kept, and these are added.",
+            "required": list(dead_letter.HEADERS),
+            "properties": {
+                name: {"type": "string", "description": description}
+                | _DLQ_HEADER_FORMATS.get(name, {})
+                for name, description in dead_letter.HEADERS.items()
+            },
+            "additionalProperties": True,
+        },
+        "payload": {
+            "description": "The original record's value, byte for byte; it may not be JSON at all.",
+        },
+        "bindings": _key_binding(
+            {"type": "string", "description": "The original record's key, unchanged."}
+        ),
+    }
+
+
+def _unspecified_message(
+    message_id: str, owner: str, topic: Topic, key_schema: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "name": message_id,
+        "title": message_id,
+        "summary": topic.summary,
+        "contentType": "application/json",
+        "payload": {
+            "type": "object",
+            "additionalProperties": True,
+            "description": f"Schema defined by {owner}; not specified here yet.",
+        },
+        "bindings": _key_binding(key_schema),
+    }
+
+
+class _Dumper(yaml.SafeDumper):
+    """Writes every repeated object out in full: anchors and aliases confuse AsyncAPI tools."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _json_text(document: dict[str, Any]) -> str:
+    return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def _yaml_text(document: dict[str, Any]) -> str:
+    return yaml.dump(
+        document, Dumper=_Dumper, sort_keys=True, allow_unicode=True, width=100, indent=2
+    )
+
+
+def render_documents() -> dict[Path, str]:
+    """Every document, by path relative to the repository root, as its exact text."""
+    documents = {
+        schema_path(event_type): _json_text(event_schema(event_type)) for event_type in EVENT_MODELS
+    }
+    documents[ASYNCAPI_PATH] = _yaml_text(asyncapi_document())
+    return documents
+
+
+def export(root: Path, check: bool = False) -> list[Path]:
+    """Bring the documents under `root` up to date; return the files that were out of date.
+
+    Out of date means missing, different from the models, or a schema in `docs/contract/schemas`
+    for a type that no longer exists. With `check`, nothing is written or removed.
+    """
+    documents = render_documents()
+    stale = [
+        path
+        for path, text in documents.items()
+        if not (root / path).is_file() or (root / path).read_bytes() != text.encode()
+    ]
+    extra = [
+        path.relative_to(root)
+        for path in (root / SCHEMAS_DIR).glob("*.json")
+        if path.relative_to(root) not in documents
+    ]
+    if not check:
+        for path in stale:
+            (root / path).parent.mkdir(parents=True, exist_ok=True)
+            (root / path).write_bytes(documents[path].encode())
+        for path in extra:
+            (root / path).unlink()
+    return sorted(stale + extra)
