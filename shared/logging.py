@@ -110,7 +110,9 @@ def _render_exception(exc_info: Any) -> str:
     return f"Traceback (most recent call last):\n{frames}{_exception_summary(exc)}"
 
 
-def configure_logging(level: str = "INFO", pseudonym_key: str | None = None, stream: Any = None) -> None:
+def configure_logging(
+    level: str = "INFO", pseudonym_key: str | None = None, stream: Any = None
+) -> None:
     """Set up structlog and the standard library's logging to write privacy-filtered JSON lines.
 
     Without a pseudonym key a random one is used: pseudonyms then hold within one process only.
@@ -138,6 +140,7 @@ def configure_logging(level: str = "INFO", pseudonym_key: str | None = None, str
     # their arguments are dropped and only the message template is kept.
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[_template_only, *shared_processors],
+        pass_foreign_args=True,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.JSONRenderer(),
@@ -154,7 +157,7 @@ def configure_logging(level: str = "INFO", pseudonym_key: str | None = None, str
 
 def _template_only(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     record: logging.LogRecord | None = event_dict.get("_record")
-    if record is not None and record.args:
+    if event_dict.pop("positional_args", None) and record is not None:
         event_dict["event"] = str(record.msg)
     return event_dict
 
