@@ -78,7 +78,10 @@ def db_migrate() -> None:
 
     endpoints = resolve_endpoints(_settings())
     applied = asyncio.run(migrate(endpoints.database_url))
-    typer.echo(f"applied {len(applied)} migration(s)" + "".join(f"\n  {m.version:04d}_{m.name}" for m in applied))
+    typer.echo(
+        f"applied {len(applied)} migration(s)"
+        + "".join(f"\n  {m.version:04d}_{m.name}" for m in applied)
+    )
 
 
 @app.command()
@@ -105,9 +108,15 @@ def gateway(
 
 @app.command()
 def publish(
-    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSON lines, one event each"),
-    gateway_url: str = typer.Option(None, "--gateway", help="Default: http://GATEWAY_HOST:GATEWAY_PORT"),
-    api_key: str = typer.Option(None, envvar="PAINPATH_API_KEY", help="Default: the local stack's key"),
+    file: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, help="JSON lines, one event each"
+    ),
+    gateway_url: str = typer.Option(
+        None, "--gateway", help="Default: http://GATEWAY_HOST:GATEWAY_PORT"
+    ),
+    api_key: str = typer.Option(
+        None, envvar="PAINPATH_API_KEY", help="Default: the local stack's key"
+    ),
     batch_size: int = typer.Option(500, min=1, max=1000),
     strict: bool = typer.Option(False, help="Exit 1 when any line was rejected"),
 ) -> None:
@@ -118,7 +127,9 @@ def publish(
     if api_key is None:
         state = LocalStack(settings.painpath_state_dir).state()
         if state is None:
-            raise typer.BadParameter("give --api-key (or PAINPATH_API_KEY), or run painpath stack up")
+            raise typer.BadParameter(
+                "give --api-key (or PAINPATH_API_KEY), or run painpath stack up"
+            )
         api_key = state.api_key
     url = gateway_url or f"http://{settings.gateway_host}:{settings.gateway_port}"
     try:

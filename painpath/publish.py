@@ -63,7 +63,9 @@ def _post(client: httpx.Client, url: str, events: list[object], api_key: str) ->
                 raise PublishError("the gateway refused the API key (401)")
             body = response.json()
             if "results" not in body:
-                raise PublishError(f"the gateway answered {response.status_code}: {body.get('detail')}")
+                raise PublishError(
+                    f"the gateway answered {response.status_code}: {body.get('detail')}"
+                )
             return body
         if attempt < RETRIES:
             time.sleep(delay)

@@ -1,0 +1,157 @@
+"""The command line as a user runs it: `painpath stack`, `painpath gateway`, `painpath publish`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from shared.stack import LocalStack
+from shared.topics import EVENTS
+from tests.conftest import API_KEY, ARTIFACTS, TEST_KEYS, read_topic, remember_patient_ids
+
+pytestmark = pytest.mark.integration
+
+PAINPATH = [sys.executable, "-m", "painpath"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        PAINPATH + args, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def test_stack_up_is_idempotent_and_down_stops_it(tmp_path: Path):
+    env = os.environ | {
+        "PAINPATH_STATE_DIR": str(tmp_path),
+        "PAINPATH_BROKER_PORT": str(free_port()),
+    }
+    env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+    env.pop("DATABASE_URL", None)
+
+    first = run(["stack", "up"], env)
+    second = run(["stack", "up"], env)
+    stack = LocalStack(tmp_path)
+    state = stack.state()
+    topics = run(["topics", "create"], env)
+    topics_again = run(["topics", "create"], env)
+    migrated = run(["db", "migrate"], env)
+    down = run(["stack", "down"], env)
+
+    assert first.returncode == 0, first.stderr
+    assert second.returncode == 0, second.stderr
+    assert state is not None
+    assert first.stdout == second.stdout  # the same broker (pid, port) and database, reused
+    assert f"pid {state.broker_pid}" in first.stdout
+    assert topics.stdout.count("created") == 4
+    assert topics_again.stdout.count("exists") == 4
+    assert "0001_gateway_idempotency" in migrated.stdout
+    assert down.returncode == 0, down.stderr
+    assert stack.state() is None
+    assert not (tmp_path / "postgres" / "postmaster.pid").exists()
+
+
+@pytest.fixture
+def gateway_process(settings, endpoints):
+    """`painpath gateway` as a separate process, against the test's topics and database."""
+    port = free_port()
+    env = os.environ | {
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "DATABASE_URL": endpoints.database_url,
+        "KAFKA_TOPIC_PREFIX": settings.kafka_topic_prefix,
+        "GATEWAY_API_KEYS": json.dumps(
+            [
+                {"name": k.name, "key": k.key.get_secret_value(), "sources": k.sources}
+                for k in TEST_KEYS
+            ]
+        ),
+        "GATEWAY_PORT": str(port),
+        "LOG_PSEUDONYM_KEY": "test-pseudonym-key",
+    }
+    log_file = ARTIFACTS / f"gateway-{port}.stderr.log"
+    stderr = log_file.open("w")
+    process = subprocess.Popen(PAINPATH + ["gateway"], env=env, stderr=stderr, stdout=stderr)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert process.poll() is None, "the gateway exited at start: see test-artifacts"
+        assert time.monotonic() < deadline, "the gateway did not become ready"
+        time.sleep(0.1)
+    yield url, env
+    process.terminate()
+    # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status tells why it ended.
+    assert process.wait(timeout=15) in (0, -signal.SIGTERM)
+    stderr.close()
+    assert '"event": "gateway_stopped"' in log_file.read_text()
+
+
+async def test_publish_lands_a_file_on_the_topic_and_explains_rejected_lines(
+    gateway_process, settings, tmp_path
+):
+    url, env = gateway_process
+    events = [
+        {
+            "specversion": "1.0",
+            "id": f"evt-cli-{i}",
+            "source": "urn:hospital:st-olaf:ehr",
+            "type": "pain.score.recorded.v1",
+            "time": "2026-03-02T09:30:00Z",
+            "data": {"patient_id": f"pt-cli-{i % 7:04d}", "score": i % 11},
+        }
+        for i in range(1200)
+    ]
+    lines = [json.dumps(event) for event in events]
+    lines[10] = lines[10].replace('"score": 10', '"score": 12')
+    lines[20] = "{truncated"
+    lines[30] = lines[30].replace('"2026-03-02T09:30:00Z"', '"2026-03-02T09:30:00"')
+    file = tmp_path / "feed.jsonl"
+    file.write_text("\n".join(lines) + "\n")
+    for line in lines:
+        remember_patient_ids(line.encode())
+
+    first = run(["publish", str(file), "--gateway", url, "--api-key", API_KEY], env)
+    again = run(["publish", str(file), "--gateway", url, "--api-key", API_KEY, "--strict"], env)
+
+    assert first.returncode == 0, first.stderr
+    assert "accepted 1197  duplicate 0  rejected 3" in first.stdout
+    assert (
+        "line 11: rejected: data.score: nrs score must be a whole number from 0 to 10"
+        in first.stdout
+    )
+    assert "line 21: not valid JSON" in first.stdout
+    assert "line 31: rejected: time: must be an RFC 3339 timestamp with an offset" in first.stdout
+    assert again.returncode == 1  # --strict: some lines were rejected
+    assert "accepted 0  duplicate 1197  rejected 3" in again.stdout
+    records = await read_topic(settings, EVENTS, expected=1197, timeout=20)
+    assert len(records) == 1197
+    assert len({json.loads(r.value)["id"] for r in records}) == 1197
+
+
+def test_publish_with_a_wrong_key_says_so(gateway_process, tmp_path):
+    url, env = gateway_process
+    file = tmp_path / "one.jsonl"
+    file.write_text("{}\n")
+
+    result = run(["publish", str(file), "--gateway", url, "--api-key", "nope"], env)
+
+    assert result.returncode == 2
+    assert "refused the API key (401)" in result.stderr
