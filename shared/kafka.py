@@ -40,7 +40,9 @@ def client_options(settings: Settings, bootstrap_servers: str) -> dict[str, obje
         options["sasl_mechanism"] = settings.kafka_sasl_mechanism or "PLAIN"
         options["sasl_plain_username"] = settings.kafka_sasl_username
         options["sasl_plain_password"] = (
-            settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else None
+            settings.kafka_sasl_password.get_secret_value()
+            if settings.kafka_sasl_password
+            else None
         )
     return options
 
@@ -83,7 +85,9 @@ async def create_topics(
         names = {topic.full_name(settings.kafka_topic_prefix): topic for topic in topics}
         response = await admin.create_topics(
             [
-                NewTopic(name, topic.partitions, replication_factor, topic_configs=topic.topic_configs())
+                NewTopic(
+                    name, topic.partitions, replication_factor, topic_configs=topic.topic_configs()
+                )
                 for name, topic in names.items()
             ]
         )

@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class ApiKey(BaseModel):
-    """One source system's key: the `source` values (exact, or a prefix ending in `*`) it may use."""
+    """One source system's key and the `source` values it may use (exact, or a prefix + `*`)."""
 
     name: str = Field(min_length=1, description="label used in logs and metrics, never the key")
     key: SecretStr

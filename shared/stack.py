@@ -1,4 +1,4 @@
-"""The local stack: a Tansu Kafka-protocol broker and an embedded PostgreSQL, as background processes.
+"""The local stack: a Tansu Kafka-protocol broker and an embedded PostgreSQL, in the background.
 
 `painpath stack up` and the test fixtures both use `LocalStack`. Everything lives under one
 folder (`PAINPATH_STATE_DIR`, default `.painpath/`): pids, logs, the database's data, and
@@ -23,7 +23,6 @@ from shared.logging import SafeMessage, get_logger
 from shared.settings import ApiKey, Settings
 
 log = get_logger(__name__)
-
 
 
 class StackError(SafeMessage, RuntimeError):
@@ -112,7 +111,9 @@ class LocalStack:
         )
         self.state_file.write_text(json.dumps(asdict(state), indent=2))
         self.state_file.chmod(0o600)
-        log.info("stack_up", bootstrap_servers=bootstrap, broker_pid=pid, reused=running is not None)
+        log.info(
+            "stack_up", bootstrap_servers=bootstrap, broker_pid=pid, reused=running is not None
+        )
         return state
 
     def down(self, timeout: float = 10.0) -> None:
@@ -185,7 +186,9 @@ def resolve_endpoints(settings: Settings) -> Endpoints:
             database_url=settings.database_url.get_secret_value(),
             api_keys=settings.gateway_api_keys,
             pseudonym_key=(
-                settings.log_pseudonym_key.get_secret_value() if settings.log_pseudonym_key else None
+                settings.log_pseudonym_key.get_secret_value()
+                if settings.log_pseudonym_key
+                else None
             ),
             local=False,
         )

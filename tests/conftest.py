@@ -59,9 +59,10 @@ def remember_patient_ids(body: bytes) -> None:
         return
     for item in document if isinstance(document, list) else [document]:
         data = item.get("data") if isinstance(item, dict) else None
-        if isinstance(data, dict) and isinstance(data.get("patient_id"), str):
-            if len(data["patient_id"]) >= 6:  # shorter ids would match unrelated text
-                SENT_PATIENT_IDS.add(data["patient_id"])
+        patient_id = data.get("patient_id") if isinstance(data, dict) else None
+        # Ids shorter than 6 characters would match unrelated text.
+        if isinstance(patient_id, str) and len(patient_id) >= 6:
+            SENT_PATIENT_IDS.add(patient_id)
 
 
 @pytest.fixture(scope="session")
@@ -121,13 +122,15 @@ async def gateway(settings: Settings, endpoints: Endpoints) -> AsyncIterator[htt
     async def record(request: httpx.Request) -> None:
         remember_patient_ids(request.content)
 
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app),
             base_url="http://gateway",
             event_hooks={"request": [record]},
-        ) as client:
-            yield client
+        ) as client,
+    ):
+        yield client
 
 
 async def read_topic(settings: Settings, topic: Topic, expected: int, timeout: float = 10.0):

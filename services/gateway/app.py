@@ -19,11 +19,24 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from services.gateway.ingest import MAX_BATCH, Ingestor, ItemResult, ItemStatus, Outcome, PublishFailed
+from services.gateway.ingest import (
+    MAX_BATCH,
+    Ingestor,
+    ItemResult,
+    ItemStatus,
+    Outcome,
+    PublishFailed,
+)
 from shared.contract import EVENT_MODELS
 from shared.db import create_pool, migrate
 from shared.kafka import reliable_producer
@@ -121,8 +134,12 @@ def _request_body_schema() -> tuple[dict[str, Any], dict[str, Any]]:
         [(model, "validation") for model in EVENT_MODELS.values()],
         ref_template="#/components/schemas/{model}",
     )
-    event = {"oneOf": [{"$ref": f"#/components/schemas/{m.__name__}"} for m in EVENT_MODELS.values()]}
-    schema = {"oneOf": [event, {"type": "array", "items": event, "minItems": 1, "maxItems": MAX_BATCH}]}
+    event = {
+        "oneOf": [{"$ref": f"#/components/schemas/{m.__name__}"} for m in EVENT_MODELS.values()]
+    }
+    schema = {
+        "oneOf": [event, {"type": "array", "items": event, "minItems": 1, "maxItems": MAX_BATCH}]
+    }
     content = {media: {"schema": schema} for media in ACCEPTED_MEDIA_TYPES}
     return {"required": True, "content": content}, definitions["$defs"]
 
@@ -142,7 +159,9 @@ def create_app(settings: Settings, endpoints: Endpoints) -> FastAPI:
         producer = reliable_producer(settings, endpoints.bootstrap_servers)
         await producer.start()
         state.update(pool=pool, producer=producer, ingestor=Ingestor(pool, producer, topic))
-        sweeper = asyncio.create_task(_sweep_retention_hourly(pool, settings.gateway_idempotency_retention_days))
+        sweeper = asyncio.create_task(
+            _sweep_retention_hourly(pool, settings.gateway_idempotency_retention_days)
+        )
         log.info("gateway_started", topic=topic, api_keys=len(endpoints.api_keys))
         try:
             yield
@@ -158,8 +177,8 @@ def create_app(settings: Settings, endpoints: Endpoints) -> FastAPI:
         title="Painpath ingest gateway",
         version="1",
         description=(
-            "Hospital systems publish clinical events (CloudEvents 1.0, structured JSON, contract v1)."
-            " Authenticate with the `X-API-Key` header."
+            "Hospital systems publish clinical events (CloudEvents 1.0, structured JSON,"
+            " contract v1). Authenticate with the `X-API-Key` header."
         ),
         lifespan=lifespan,
     )
@@ -192,7 +211,10 @@ def create_app(settings: Settings, endpoints: Endpoints) -> FastAPI:
         response_model=IngestResponse,
         openapi_extra={"requestBody": request_body},
         responses={
-            400: {"model": Problem, "description": "The body is not JSON, or not an event or array"},
+            400: {
+                "model": Problem,
+                "description": "The body is not JSON, or not an event or array",
+            },
             401: {"model": Problem, "description": "Missing or unknown API key"},
             413: {"model": Problem, "description": "Body or batch too large"},
             415: {"model": Problem, "description": "Wrong media type"},
@@ -213,7 +235,9 @@ def create_app(settings: Settings, endpoints: Endpoints) -> FastAPI:
         body = await _read_limited(request, settings.gateway_max_body_bytes)
         if body is None:
             return _problem(
-                413, "Content Too Large", f"the body exceeds {settings.gateway_max_body_bytes} bytes"
+                413,
+                "Content Too Large",
+                f"the body exceeds {settings.gateway_max_body_bytes} bytes",
             )
         try:
             document = json.loads(body)
@@ -224,7 +248,9 @@ def create_app(settings: Settings, endpoints: Endpoints) -> FastAPI:
         elif isinstance(document, list):
             items = document
         else:
-            return _problem(400, "Bad Request", "the body must be an event object or an array of events")
+            return _problem(
+                400, "Bad Request", "the body must be an event object or an array of events"
+            )
         if not items:
             return _problem(400, "Bad Request", "the batch is empty")
         if len(items) > MAX_BATCH:
@@ -246,9 +272,13 @@ def create_app(settings: Settings, endpoints: Endpoints) -> FastAPI:
             source_system=api_key.name,
             accepted=outcome.count(ItemStatus.ACCEPTED),
             duplicate=outcome.count(ItemStatus.DUPLICATE),
-            rejected=len(items) - outcome.count(ItemStatus.ACCEPTED) - outcome.count(ItemStatus.DUPLICATE),
+            rejected=len(items)
+            - outcome.count(ItemStatus.ACCEPTED)
+            - outcome.count(ItemStatus.DUPLICATE),
         )
-        return JSONResponse(_reply(outcome).model_dump(mode="json"), status_code=_status_code(outcome))
+        return JSONResponse(
+            _reply(outcome).model_dump(mode="json"), status_code=_status_code(outcome)
+        )
 
     @app.get("/healthz", summary="Liveness: the process answers (no dependency checks)")
     async def healthz() -> dict[str, str]:

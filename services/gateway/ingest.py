@@ -111,20 +111,26 @@ class Ingestor:
             try:
                 event = parse_event(item)
             except ContractViolation as violation:
-                results[index] = _result(index, event_id, ItemStatus.REJECTED, *violation.violations)
+                results[index] = _result(
+                    index, event_id, ItemStatus.REJECTED, *violation.violations
+                )
                 continue
             if not api_key.may_publish(event.source):
                 results[index] = _result(
                     index,
                     event.id,
                     ItemStatus.FORBIDDEN,
-                    Violation(field="source", reason="this API key may not publish for this source"),
+                    Violation(
+                        field="source", reason="this API key may not publish for this source"
+                    ),
                 )
                 continue
             canonical = json.dumps(item, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
             content_hash = hashlib.sha256(canonical.encode()).digest()
             if event.key in seen:  # the same event twice in one batch
-                status = ItemStatus.DUPLICATE if seen[event.key] == content_hash else ItemStatus.CONFLICT
+                status = (
+                    ItemStatus.DUPLICATE if seen[event.key] == content_hash else ItemStatus.CONFLICT
+                )
                 results[index] = _result(index, event.id, status, *_conflict(status))
                 continue
             seen[event.key] = content_hash
@@ -174,7 +180,9 @@ class Ingestor:
                     )
                 }
                 for candidate in known:
-                    same = stored.get((candidate.source, candidate.event_id)) == candidate.content_hash
+                    same = (
+                        stored.get((candidate.source, candidate.event_id)) == candidate.content_hash
+                    )
                     status = ItemStatus.DUPLICATE if same else ItemStatus.CONFLICT
                     results[candidate.index] = _result(
                         candidate.index, candidate.event_id, status, *_conflict(status)

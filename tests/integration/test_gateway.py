@@ -41,7 +41,9 @@ async def test_accepted_events_are_on_the_topic_once_keyed_by_patient_in_order(g
     patients = ["pt-gw-order-a", "pt-gw-order-b", "pt-gw-order-c"]
     batch = [score(f"evt-{i}", patients[i % 3], value=i % 11) for i in range(30)]
 
-    response = await post(gateway, batch, {**HEADERS, "traceparent": f"00-{'ab' * 16}-{'cd' * 8}-01"})
+    response = await post(
+        gateway, batch, {**HEADERS, "traceparent": f"00-{'ab' * 16}-{'cd' * 8}-01"}
+    )
 
     assert response.status_code == 202
     assert response.json()["accepted"] == 30
@@ -77,7 +79,11 @@ async def test_resent_event_is_answered_duplicate_and_not_republished(gateway, s
     assert first.json()["results"][0]["status"] == "accepted"
     assert again.status_code == 202
     assert again.json()["results"][0] | {"errors": []} == {
-        "index": 0, "id": "evt-dup", "status": "duplicate", "code": 200, "errors": []
+        "index": 0,
+        "id": "evt-dup",
+        "status": "duplicate",
+        "code": 200,
+        "errors": [],
     }
     assert len(await read_topic(settings, EVENTS, expected=1)) == 1
 
@@ -95,9 +101,15 @@ async def test_same_id_with_other_content_is_rejected_as_conflict(gateway, setti
 
 
 async def test_same_event_twice_in_one_batch_is_published_once(gateway, settings):
-    response = await post(gateway, [score("evt-twice"), score("evt-twice"), score("evt-twice", value=9)])
+    response = await post(
+        gateway, [score("evt-twice"), score("evt-twice"), score("evt-twice", value=9)]
+    )
 
-    assert [r["status"] for r in response.json()["results"]] == ["accepted", "duplicate", "conflict"]
+    assert [r["status"] for r in response.json()["results"]] == [
+        "accepted",
+        "duplicate",
+        "conflict",
+    ]
     assert len(await read_topic(settings, EVENTS, expected=1)) == 1
 
 
@@ -113,7 +125,14 @@ async def test_bad_items_in_a_batch_do_not_fail_the_good_ones(gateway, settings)
     invalid_score = score("evt-bad-score", value=11)
     no_offset = score("evt-naive", time="2026-03-02T09:30:00")
     unknown_type = score("evt-unknown", type="pain.mood.recorded.v1")
-    batch = [score("evt-good-1"), invalid_score, "not an event", no_offset, unknown_type, score("evt-good-2")]
+    batch = [
+        score("evt-good-1"),
+        invalid_score,
+        "not an event",
+        no_offset,
+        unknown_type,
+        score("evt-good-2"),
+    ]
 
     response = await post(gateway, batch)
 
@@ -121,7 +140,14 @@ async def test_bad_items_in_a_batch_do_not_fail_the_good_ones(gateway, settings)
     body = response.json()
     assert (body["accepted"], body["duplicate"], body["rejected"]) == (2, 0, 4)
     results = body["results"]
-    assert [r["status"] for r in results] == ["accepted", "rejected", "rejected", "rejected", "rejected", "accepted"]
+    assert [r["status"] for r in results] == [
+        "accepted",
+        "rejected",
+        "rejected",
+        "rejected",
+        "rejected",
+        "accepted",
+    ]
     assert results[1]["errors"][0]["field"] == "data.score"
     assert results[2]["errors"][0]["field"] == "(event)"
     assert results[3]["errors"][0]["field"] == "time"
@@ -158,7 +184,8 @@ async def test_a_source_the_key_may_not_use_is_403_for_that_item_only(gateway, s
 
     mixed = await post(gateway, [score("evt-own"), foreign])
     alone = await gateway.post(
-        "/v1/events", content=json.dumps(score("evt-own-other")),
+        "/v1/events",
+        content=json.dumps(score("evt-own-other")),
         headers={"X-API-Key": OTHER_API_KEY, "Content-Type": "application/json"},
     )
 
@@ -183,10 +210,24 @@ async def test_a_source_the_key_may_not_use_is_403_for_that_item_only(gateway, s
         (json.dumps(score("evt-media")).encode(), "text/plain", 415),
         (json.dumps(score("evt-media")).encode(), "application/xml", 415),
         (b"[" + b" " * (6 * 1024 * 1024) + b"]", "application/json", 413),
-        (json.dumps([score(f"evt-many-{i}") for i in range(1001)]).encode(), "application/json", 413),
+        (
+            json.dumps([score(f"evt-many-{i}") for i in range(1001)]).encode(),
+            "application/json",
+            413,
+        ),
     ],
-    ids=["truncated", "empty", "number", "string", "empty-array", "deep-nesting",
-         "text-plain", "xml", "too-large", "1001-events"],
+    ids=[
+        "truncated",
+        "empty",
+        "number",
+        "string",
+        "empty-array",
+        "deep-nesting",
+        "text-plain",
+        "xml",
+        "too-large",
+        "1001-events",
+    ],
 )
 async def test_malformed_bodies_get_a_clear_4xx(gateway, settings, content, content_type, status):
     response = await gateway.post(
@@ -200,13 +241,20 @@ async def test_malformed_bodies_get_a_clear_4xx(gateway, settings, content, cont
 
 
 async def test_cloudevents_media_types_are_accepted(gateway):
-    for media_type in ("application/cloudevents+json", "application/cloudevents-batch+json; charset=utf-8"):
-        response = await post(gateway, score(f"evt-{media_type[:20]}"), {**HEADERS, "Content-Type": media_type})
+    for media_type in (
+        "application/cloudevents+json",
+        "application/cloudevents-batch+json; charset=utf-8",
+    ):
+        response = await post(
+            gateway, score(f"evt-{media_type[:20]}"), {**HEADERS, "Content-Type": media_type}
+        )
         assert response.status_code == 202
 
 
 async def test_a_batch_of_a_thousand_is_accepted(gateway, settings):
-    response = await post(gateway, [score(f"evt-k-{i}", f"pt-gw-k{i % 50:04d}") for i in range(1000)])
+    response = await post(
+        gateway, [score(f"evt-k-{i}", f"pt-gw-k{i % 50:04d}") for i in range(1000)]
+    )
 
     assert response.status_code == 202
     assert response.json()["accepted"] == 1000
@@ -238,7 +286,9 @@ async def test_a_batch_the_broker_does_not_take_claims_nothing(settings, endpoin
     producer = reliable_producer(settings, endpoints.bootstrap_servers)
     await producer.start()
     await producer.stop()  # a producer that can no longer send
-    broken = Ingestor(pool, producer, EVENTS.full_name(settings.kafka_topic_prefix), publish_timeout=2)
+    broken = Ingestor(
+        pool, producer, EVENTS.full_name(settings.kafka_topic_prefix), publish_timeout=2
+    )
     from services.gateway.ingest import PublishFailed
     from tests.conftest import TEST_KEYS
 
@@ -256,11 +306,14 @@ async def test_claims_older_than_the_retention_window_are_forgotten(gateway, end
     await post(gateway, [score("evt-old"), score("evt-new")])
     pool = await asyncpg.create_pool(endpoints.database_url)
     await pool.execute(
-        "UPDATE gateway_accepted_events SET accepted_at = now() - interval '31 days' WHERE event_id = 'evt-old'"
+        "UPDATE gateway_accepted_events SET accepted_at = now() - interval '31 days'"
+        " WHERE event_id = 'evt-old'"
     )
 
     deleted = await sweep_retention(pool, days=30)
-    remaining = [r["event_id"] for r in await pool.fetch("SELECT event_id FROM gateway_accepted_events")]
+    remaining = [
+        r["event_id"] for r in await pool.fetch("SELECT event_id FROM gateway_accepted_events")
+    ]
     await pool.close()
 
     assert deleted == 1
