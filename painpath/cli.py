@@ -97,10 +97,12 @@ def gateway(
     settings = _settings()
     endpoints = resolve_endpoints(settings)
     configure_logging(settings.log_level, endpoints.pseudonym_key)
+    host, port = host or settings.gateway_host, port or settings.gateway_port
+    typer.echo(f"gateway on http://{host}:{port}  (OpenAPI: http://{host}:{port}/docs)")
     uvicorn.run(
         create_app(settings, endpoints),
-        host=host or settings.gateway_host,
-        port=port or settings.gateway_port,
+        host=host,
+        port=port,
         log_config=None,
         access_log=False,
     )
