@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -66,11 +67,14 @@ def remember_patient_ids(body: bytes) -> None:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackState]:
-    local = LocalStack(tmp_path_factory.mktemp("stack"), broker_port=None)
-    state = local.up()
-    yield state
-    local.down()
+def stack() -> Iterator[StackState]:
+    # Not under pytest's tmp_path: pytest deletes all but its three newest temporary folders,
+    # which would pull the database's files from under a session while another one runs.
+    with tempfile.TemporaryDirectory(prefix="painpath-test-stack-") as folder:
+        local = LocalStack(Path(folder), broker_port=None)
+        state = local.up()
+        yield state
+        local.down()
 
 
 @pytest.fixture

@@ -8,7 +8,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -35,9 +37,16 @@ def run(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess
     )
 
 
-def test_stack_up_is_idempotent_and_down_stops_it(tmp_path: Path):
+@pytest.fixture
+def state_dir() -> Iterator[Path]:
+    """A folder outside pytest's rotated temporary folders (see the `stack` fixture)."""
+    with tempfile.TemporaryDirectory(prefix="painpath-test-cli-") as folder:
+        yield Path(folder)
+
+
+def test_stack_up_is_idempotent_and_down_stops_it(state_dir: Path):
     env = os.environ | {
-        "PAINPATH_STATE_DIR": str(tmp_path),
+        "PAINPATH_STATE_DIR": str(state_dir),
         "PAINPATH_BROKER_PORT": str(free_port()),
     }
     env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
@@ -45,7 +54,7 @@ def test_stack_up_is_idempotent_and_down_stops_it(tmp_path: Path):
 
     first = run(["stack", "up"], env)
     second = run(["stack", "up"], env)
-    stack = LocalStack(tmp_path)
+    stack = LocalStack(state_dir)
     state = stack.state()
     topics = run(["topics", "create"], env)
     topics_again = run(["topics", "create"], env)
@@ -62,7 +71,7 @@ def test_stack_up_is_idempotent_and_down_stops_it(tmp_path: Path):
     assert "0001_gateway_idempotency" in migrated.stdout
     assert down.returncode == 0, down.stderr
     assert stack.state() is None
-    assert not (tmp_path / "postgres" / "postmaster.pid").exists()
+    assert not (state_dir / "postgres" / "postmaster.pid").exists()
 
 
 @pytest.fixture
