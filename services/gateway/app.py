@@ -267,6 +267,15 @@ def create_app(settings: Settings, endpoints: Endpoints) -> FastAPI:
             return _problem(503, "Service Unavailable", "the database is unavailable: retry")
         for result in outcome.results:
             metrics.events.labels(result.status.value).inc()
+            if result.code >= 400:  # for integration teams: which event, which fields (no values)
+                log.info(
+                    "event_refused",
+                    event_id=result.id,
+                    index=result.index,
+                    status=result.status.value,
+                    fields=[error.field for error in result.errors],
+                    source_system=api_key.name,
+                )
         log.info(
             "events_ingested",
             source_system=api_key.name,

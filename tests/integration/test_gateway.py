@@ -13,7 +13,7 @@ from services.gateway.app import create_app, sweep_retention
 from services.gateway.ingest import Ingestor
 from shared.kafka import reliable_producer
 from shared.topics import EVENTS
-from tests.conftest import API_KEY, OTHER_API_KEY, read_topic
+from tests.conftest import API_KEY, OTHER_API_KEY, RUN_LOG, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -334,3 +334,16 @@ async def test_health_readiness_metrics_and_openapi(gateway):
     body = openapi["paths"]["/v1/events"]["post"]["requestBody"]["content"]["application/json"]
     assert len(body["schema"]["oneOf"][0]["oneOf"]) == 9
     assert "ScoreRecorded" in openapi["components"]["schemas"]
+
+
+async def test_refused_events_are_logged_by_event_id_and_field_without_values(gateway):
+    await post(
+        gateway, [score("evt-logged-ok"), score("evt-logged-bad", "pt-gw-logged-9", value=12)]
+    )
+
+    lines = [json.loads(line) for line in RUN_LOG.read_text().splitlines()]
+    [refused] = [line for line in lines if line.get("event_id") == "evt-logged-bad"]
+    assert refused["event"] == "event_refused"
+    assert refused["fields"] == ["data.score"]
+    assert refused["trace_id"]
+    assert "pt-gw-logged-9" not in RUN_LOG.read_text()
