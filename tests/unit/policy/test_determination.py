@@ -1,0 +1,55 @@
+"""The determination: its deterministic id and its shape."""
+
+from datetime import timedelta
+
+from clinical_events import AS_OF, History, chronic_history, day, determine, refractory_history
+
+from services.classifier.determination import Determination
+
+
+def test_same_evidence_gives_the_same_id_on_another_day():
+    history = refractory_history()
+    today, tomorrow = determine(history), determine(history, as_of=AS_OF + timedelta(days=1))
+    assert today.pain_days + 1 == tomorrow.pain_days
+    assert today.determination_id == tomorrow.determination_id
+
+
+def test_new_evidence_gives_a_new_id():
+    history = refractory_history()
+    before = determine(history)
+    history.assess(day(140), "functional_assessment")
+    after = determine(history)
+    assert before.status == after.status
+    assert before.determination_id != after.determination_id
+
+
+def test_status_changed_by_time_alone_gives_a_new_id():
+    history = History()
+    history.condition(day(0), day(-60).date())
+    before, after = determine(history, as_of=day(29)), determine(history, as_of=day(30))
+    assert (before.status, after.status) == ("not_chronic", "under_treatment")
+    assert before.determination_id != after.determination_id
+
+
+def test_trial_reaching_its_minimum_days_gives_a_new_id():
+    history = chronic_history()
+    history.score(day(-1), 8)
+    history.start(day(0), "t-1", "gabapentin", 1200)
+    before, after = determine(history, as_of=day(27)), determine(history, as_of=day(28))
+    assert [t.outcome for t in (*before.trials, *after.trials)] == ["in_progress", "unevaluable"]
+    assert before.determination_id != after.determination_id
+
+
+def test_determination_round_trips_through_json_with_its_id():
+    determination = determine(refractory_history())
+    published = determination.model_dump_json()
+    assert '"determination_id"' in published
+    received = Determination.model_validate_json(published)
+    assert received.model_dump() == determination.model_dump()
+    assert received.determination_id == determination.determination_id
+
+
+def test_every_reason_has_a_code_and_one_line_of_text():
+    determination = determine(refractory_history())
+    assert all(r.code and r.text and "\n" not in r.text for r in determination.reasons)
+    assert determination.policy == "default-v1"
