@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import datetime
 from pathlib import Path
 
 import typer
@@ -106,6 +107,72 @@ def gateway(
         log_config=None,
         access_log=False,
     )
+
+
+@app.command()
+def classify(
+    file: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, help="JSON lines, one event each"
+    ),
+    as_of: datetime = typer.Option(..., "--as-of", help="The instant T, RFC 3339 with offset"),
+    policy_file: Path = typer.Option(None, "--policy", exists=True, dir_okay=False),
+    explain: bool = typer.Option(False, "--explain", help="Readable text instead of JSON"),
+) -> None:
+    """Determinations as of an instant, one per patient (sorted by patient_id).
+
+    Lines that break the contract are reported on standard error with their line number; the
+    rest are still classified. The first of two lines with the same source and id wins.
+    """
+    from services.classifier.offline import classify_file
+    from services.classifier.offline import explain as explain_text
+    from services.classifier.policy import PolicyError, load_policy
+
+    _settings()
+    if as_of.tzinfo is None:
+        raise typer.BadParameter("--as-of needs an offset, e.g. 2026-06-30T00:00:00Z")
+    try:
+        policy = load_policy(policy_file)
+    except PolicyError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    determinations, refused = classify_file(file, policy, as_of)
+    for bad in refused:
+        typer.echo(f"line {bad.line}: {bad.reason}", err=True)
+    for determination in determinations:
+        typer.echo(
+            explain_text(determination) + "\n" if explain else determination.model_dump_json()
+        )
+
+
+@app.command()
+def classifier(
+    port: int = typer.Option(None, help="Web port (health, metrics); default: CLASSIFIER_PORT"),
+) -> None:
+    """Run one streaming classifier worker (start several for more throughput)."""
+    import faust
+
+    from services.classifier.policy import load_policy
+    from services.classifier.stream import create_app
+
+    settings = _settings()
+    if port:
+        settings = settings.model_copy(update={"classifier_port": port})
+    endpoints = resolve_endpoints(settings)
+    configure_logging(settings.log_level, endpoints.pseudonym_key)
+    policy = load_policy(settings.classifier_policy_file)
+    datadir = settings.painpath_state_dir / f"classifier-{settings.classifier_port}"
+    faust_app = create_app(settings, endpoints, policy, datadir)
+    typer.echo(
+        f"classifier worker, policy {policy.id}, on http://{settings.classifier_host}:"
+        f"{settings.classifier_port}/readyz"
+    )
+    worker = faust.Worker(
+        faust_app,
+        loglevel=settings.log_level,
+        override_logging=False,
+        redirect_stdouts=False,
+    )
+    worker.execute_from_commandline()
 
 
 @app.command()

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import AwareDatetime, BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -54,6 +54,15 @@ class Settings(BaseSettings):
     gateway_api_keys: list[ApiKey] = Field(default_factory=list)
     gateway_max_body_bytes: int = Field(default=5 * 1024 * 1024, gt=0)
     gateway_idempotency_retention_days: int = Field(default=30, gt=0)
+
+    # Classifier
+    classifier_host: str = "127.0.0.1"
+    classifier_port: int = Field(default=8081, ge=1, le=65535)
+    classifier_policy_file: Path | None = None
+    classifier_reevaluate_seconds: float = Field(default=3600, gt=0)
+    classifier_as_of: AwareDatetime | None = None
+    classifier_session_timeout_seconds: float = Field(default=10, gt=0)
+    classifier_cache_patients: int = Field(default=50_000, gt=0)
 
     # Logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

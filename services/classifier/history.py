@@ -1,0 +1,67 @@
+"""One patient's admitted events: the state the classifier keeps per patient.
+
+Admission is where the idempotency key of the contract is applied: the same (source, id) again
+with the same content is a duplicate and changes nothing; with other content it is a conflict
+and is refused (the first one wins). Both the streaming service and `painpath classify` admit
+events through here, so they always agree on what a patient's history is.
+
+The history is stored as the events' original JSON texts in arrival order, which is compact and
+exactly what was received; parsed events are kept beside them while the process runs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+
+from shared.contract import Event, parse_event
+
+CONFLICT_REASON = "an event with this source and id was already received with other content"
+
+
+class Admission(Enum):
+    NEW = "new"
+    DUPLICATE = "duplicate"
+    CONFLICT = "conflict"
+
+
+def _key(event: Event) -> str:
+    return f"{event.source}\x1f{event.id}"
+
+
+def _canonical(text: str) -> str:
+    return json.dumps(json.loads(text), sort_keys=True, separators=(",", ":"))
+
+
+@dataclass
+class PatientHistory:
+    raw: dict[str, str] = field(default_factory=dict)  # (source, id) key -> original JSON text
+    published: str | None = None  # the determination id last published for this patient
+    _parsed: list[Event] | None = None
+
+    def admit(self, event: Event, text: str) -> Admission:
+        key = _key(event)
+        known = self.raw.get(key)
+        if known is not None:
+            same = known == text or _canonical(known) == _canonical(text)
+            return Admission.DUPLICATE if same else Admission.CONFLICT
+        self.raw[key] = text
+        if self._parsed is not None:
+            self._parsed.append(event)
+        return Admission.NEW
+
+    @property
+    def events(self) -> list[Event]:
+        """The admitted events, parsed once per process (they were valid when admitted)."""
+        if self._parsed is None:
+            self._parsed = [parse_event(text) for text in self.raw.values()]
+        return self._parsed
+
+    def to_record(self) -> dict[str, object]:
+        """What the classifier's table stores (as JSON) for the patient."""
+        return {"raw": self.raw, "published": self.published}
+
+    @classmethod
+    def from_record(cls, record: dict) -> PatientHistory:
+        return cls(raw=dict(record["raw"]), published=record["published"])
