@@ -15,12 +15,11 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/pip install --quiet --no-deps --editable .
 	touch $@
 
-## Start the local stack (Tansu broker + embedded PostgreSQL), create topics, run the gateway.
+## The local stack (Tansu broker + embedded PostgreSQL), topics, schema, the gateway and two
+## classifier workers, until Ctrl-C.
 run: install
 	$(BIN)/painpath stack up
-	$(BIN)/painpath topics create
-	$(BIN)/painpath db migrate
-	$(BIN)/painpath gateway
+	$(BIN)/painpath run --classifiers 2
 
 ## The whole suite: unit tests, then integration tests against a real broker and database.
 test: install

@@ -110,6 +110,34 @@ def gateway(
 
 
 @app.command()
+def run(
+    classifiers: int = typer.Option(2, min=1, help="Classifier workers to start"),
+) -> None:
+    """Run the whole system locally: the stack, the gateway and the classifier workers."""
+    from painpath.run import Service, run_services
+    from shared.db import migrate
+    from shared.kafka import create_topics
+
+    settings = _settings()
+    endpoints = resolve_endpoints(settings)
+    asyncio.run(create_topics(settings, endpoints.bootstrap_servers))
+    asyncio.run(migrate(endpoints.database_url))
+    gateway = f"http://{settings.gateway_host}:{settings.gateway_port}"
+    services = [Service("gateway", ["gateway"], f"{gateway}/readyz")]
+    for number in range(classifiers):
+        port = settings.classifier_port + number
+        services.append(
+            Service(
+                f"classifier-{number + 1}",
+                ["classifier", "--port", str(port)],
+                f"http://{settings.classifier_host}:{port}/readyz",
+            )
+        )
+    typer.echo(f"gateway  {gateway}  (API key: painpath stack key)")
+    raise typer.Exit(run_services(services, typer.echo))
+
+
+@app.command()
 def classify(
     file: Path = typer.Argument(
         ..., exists=True, dir_okay=False, help="JSON lines, one event each"
@@ -171,6 +199,7 @@ def classifier(
         loglevel=settings.log_level,
         override_logging=False,
         redirect_stdouts=False,
+        quiet=True,  # no start-up banner or spinner on stdout: our logs say what happened
     )
     worker.execute_from_commandline()
 
