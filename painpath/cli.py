@@ -189,6 +189,7 @@ def classifier(
     configure_logging(settings.log_level, endpoints.pseudonym_key)
     policy = load_policy(settings.classifier_policy_file)
     datadir = settings.painpath_state_dir / f"classifier-{settings.classifier_port}"
+    datadir.mkdir(parents=True, exist_ok=True)
     faust_app = create_app(settings, endpoints, policy, datadir)
     typer.echo(
         f"classifier worker, policy {policy.id}, on http://{settings.classifier_host}:"

@@ -1,0 +1,281 @@
+"""The streaming classifier on the real broker: it must always agree with `painpath classify`.
+
+Workers run as real `painpath classifier` processes in one consumer group, with a fixed
+`CLASSIFIER_AS_OF` so that their determinations and the offline ones are made at one instant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from datetime import datetime
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from painpath.simulate import simulate
+from services.classifier.offline import read_histories
+from services.classifier.policy import load_policy
+from services.classifier.rules import evaluate
+from services.classifier.stream import GROUP
+from shared import dead_letter
+from shared.contract import ContractViolation, parse_event
+from shared.topics import DETERMINATIONS, EVENTS, EVENTS_DLQ
+from tests.conftest import ARTIFACTS, read_topic
+from tests.integration.test_cli import free_port
+
+pytestmark = pytest.mark.integration
+
+AS_OF = "2026-06-30T00:00:00+00:00"
+
+
+def feed_lines(patients: int, seed: int) -> list[str]:
+    """The simulated hospital feed as the JSON lines a producer would send."""
+    return [
+        line if isinstance(line, str) else json.dumps(line) for line in simulate(patients, seed)
+    ]
+
+
+class Workers:
+    """`painpath classifier` processes against one test's topics."""
+
+    def __init__(self, settings, endpoints):
+        self.settings = settings
+        self.env = os.environ | {
+            "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+            "DATABASE_URL": endpoints.database_url,
+            "KAFKA_TOPIC_PREFIX": settings.kafka_topic_prefix,
+            "CLASSIFIER_AS_OF": AS_OF,
+            "CLASSIFIER_SESSION_TIMEOUT_SECONDS": "6",
+            "LOG_PSEUDONYM_KEY": "test-pseudonym-key",
+            "LOG_LEVEL": "INFO",
+        }
+        self.processes: dict[int, subprocess.Popen] = {}
+
+    def start(self, state_dir) -> int:
+        port = free_port()
+        log = (ARTIFACTS / f"classifier-{port}.stderr.log").open("w")
+        self.processes[port] = subprocess.Popen(
+            [sys.executable, "-m", "painpath", "classifier", "--port", str(port)],
+            env=self.env | {"PAINPATH_STATE_DIR": str(state_dir)},
+            stdout=log,
+            stderr=log,
+        )
+        return port
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        for port, process in self.processes.items():
+            while True:
+                assert process.poll() is None, f"classifier on {port} exited: see test-artifacts"
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "a classifier did not become ready"
+                time.sleep(0.2)
+
+    def stop(self, port: int) -> int:
+        process = self.processes.pop(port)
+        process.send_signal(signal.SIGTERM)
+        return process.wait(timeout=30)
+
+    def stop_all(self) -> None:
+        for port in list(self.processes):
+            self.stop(port)
+
+
+@pytest.fixture
+def workers(settings, endpoints, tmp_path):
+    running = Workers(settings, endpoints)
+    yield running
+    running.stop_all()
+
+
+async def produce(settings, records: list[tuple[bytes | None, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        topic = EVENTS.full_name(settings.kafka_topic_prefix)
+        for key, value in records:
+            await producer.send(topic, value=value, key=key)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def wait_until_consumed(settings, timeout: float = 240) -> None:
+    """Until the classifier group has committed every offset of the input topic."""
+    topic = EVENTS.full_name(settings.kafka_topic_prefix)
+    # A consumer of the workers' group that never joins it: it only reads committed offsets.
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=f"{settings.kafka_topic_prefix}{GROUP}",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(EVENTS.partitions)]
+        end = await consumer.end_offsets(partitions)
+        deadline = time.monotonic() + timeout
+        while True:
+            committed = {tp: await consumer.committed(tp) or 0 for tp in partitions}
+            behind = sum(end[tp] - committed[tp] for tp in partitions)
+            if behind <= 0:
+                return
+            assert time.monotonic() < deadline, f"{behind} events still not consumed"
+            await asyncio.sleep(0.5)
+    finally:
+        await consumer.stop()
+
+
+def as_records(lines: list[str]) -> list[tuple[bytes | None, bytes]]:
+    """Feed lines as Kafka records keyed by patient, as a hospital producer would send them."""
+    records = []
+    for text in lines:
+        try:
+            key = json.loads(text)["data"]["patient_id"].encode()
+        except (ValueError, KeyError, TypeError, AttributeError):
+            key = b"unparseable"
+        records.append((key, text.encode()))
+    return records
+
+
+def reference(records: list[tuple[bytes | None, bytes]]) -> tuple[dict[str, dict], int]:
+    """What the stream must end with, decided offline from the same records in the same order:
+    each patient's determination, and how many records are dead letters."""
+    admitted, dead = [], 0
+    for key, value in records:
+        try:
+            text = value.decode("utf-8")
+            event = parse_event(text)
+        except (UnicodeDecodeError, ContractViolation):
+            dead += 1
+            continue
+        if key != event.patient_id.encode():
+            dead += 1
+            continue
+        admitted.append(text)
+    histories, conflicts = read_histories(admitted)
+    policy, as_of = load_policy(), datetime.fromisoformat(AS_OF)
+    determinations = {
+        patient: evaluate(history.events, policy, as_of).model_dump(mode="json")
+        for patient, history in histories.items()
+    }
+    return determinations, dead + len(conflicts)
+
+
+async def published(settings, expected_patients: int) -> dict[str, list[dict]]:
+    records = await read_topic(settings, DETERMINATIONS, expected=expected_patients, timeout=30)
+    by_patient: dict[str, list[dict]] = defaultdict(list)
+    for record in sorted(records, key=lambda r: (r.partition, r.offset)):
+        by_patient[record.key.decode()].append(json.loads(record.value))
+    return by_patient
+
+
+def hostile_records(
+    rng: random.Random, records: list[tuple[bytes | None, bytes]], count: int
+) -> list[tuple[bytes | None, bytes]]:
+    """Poison of every kind the DLQ must take, none of which may stop the stream."""
+    valid = [value for _, value in records if _valid(value)]
+    kinds = []
+    for number in range(count):
+        event = json.loads(rng.choice(valid))
+        key = event["data"]["patient_id"].encode()
+        kind = number % 7
+        if kind == 0:
+            kinds.append((key, rng.randbytes(rng.randint(1, 300))))
+        elif kind == 1:
+            text = json.dumps(event)
+            kinds.append((key, text[: rng.randint(1, len(text) - 1)].encode()))
+        elif kind == 2:
+            event["data"]["patient_id"] = 12345
+            kinds.append((key, json.dumps(event).encode()))
+        elif kind == 3:
+            event["type"] = "pain.mood.recorded.v1"
+            kinds.append((key, json.dumps(event).encode()))
+        elif kind == 4:  # a conflicting duplicate: the same (source, id), other content
+            event["data"]["unexpected"] = number
+            event["time"] = "2020-01-01T00:00:00Z"
+            kinds.append((key, json.dumps(event).encode()))
+        elif kind == 5:
+            kinds.append((b"not-the-patient", json.dumps(event).encode()))
+        else:
+            kinds.append((key, json.dumps(event).encode() + b" " * 200_000))  # huge but valid
+    return kinds
+
+
+async def test_streaming_agrees_with_classify_for_a_cohort_with_poison_interleaved(
+    settings, workers, tmp_path
+):
+    records = as_records(feed_lines(patients=500, seed=11))
+    rng = random.Random(5)
+    for record in hostile_records(rng, records, 140):
+        records.insert(rng.randrange(len(records)), record)
+    expected, dead_letters = reference(records)
+    workers.start(tmp_path / "w1")
+    workers.start(tmp_path / "w2")
+    workers.wait_ready()
+
+    await produce(settings, records)
+    await wait_until_consumed(settings)
+
+    got = await published(settings, len(expected))
+    assert len(expected) >= 500
+    assert set(got) == set(expected)
+    assert [p for p in expected if got[p][-1] != expected[p]] == []
+    dead = await read_topic(settings, EVENTS_DLQ, expected=dead_letters, timeout=10)
+    assert len(dead) == dead_letters >= 120
+    for record in dead:
+        headers = dict(record.headers)
+        assert headers[dead_letter.REASON] and headers[dead_letter.FIELD]
+        assert (
+            headers[dead_letter.ORIGINAL_TOPIC]
+            == EVENTS.full_name(settings.kafka_topic_prefix).encode()
+        )
+
+    # Re-delivery of the whole input changes nothing: no second, different message.
+    before = sum(len(messages) for messages in got.values())
+    await produce(settings, records)
+    await wait_until_consumed(settings)
+    after = await published(settings, len(expected))
+    assert sum(len(messages) for messages in after.values()) == before
+
+
+async def test_stopping_one_of_two_workers_mid_stream_loses_and_duplicates_nothing(
+    settings, workers, tmp_path
+):
+    records = as_records(feed_lines(patients=200, seed=23))
+    expected, _ = reference(records)
+    workers.start(tmp_path / "w1")
+    leaving = workers.start(tmp_path / "w2")
+    workers.wait_ready()
+
+    half = len(records) // 2
+    await produce(settings, records[:half])
+    assert workers.stop(leaving) in (0, -signal.SIGTERM)
+    await produce(settings, records[half:])
+    await wait_until_consumed(settings)
+
+    got = await published(settings, len(expected))
+    assert {p: messages[-1] for p, messages in got.items()} == expected
+    for messages in got.values():
+        ids = [message["determination_id"] for message in messages]
+        assert all(a != b for a, b in zip(ids, ids[1:], strict=False)), "a determination twice"
+
+
+def _valid(value: str | bytes) -> bool:
+    try:
+        parse_event(value)
+    except ContractViolation:
+        return False
+    return True
