@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -29,7 +29,7 @@ from services.classifier.stream import GROUP
 from shared import dead_letter
 from shared.contract import ContractViolation, parse_event
 from shared.topics import DETERMINATIONS, EVENTS, EVENTS_DLQ
-from tests.conftest import ARTIFACTS, read_topic
+from tests.conftest import ARTIFACTS, read_topic, remember_patient_ids
 from tests.integration.test_cli import free_port
 
 pytestmark = pytest.mark.integration
@@ -60,12 +60,12 @@ class Workers:
         }
         self.processes: dict[int, subprocess.Popen] = {}
 
-    def start(self, state_dir) -> int:
+    def start(self, state_dir, **env: str) -> int:
         port = free_port()
         log = (ARTIFACTS / f"classifier-{port}.stderr.log").open("w")
         self.processes[port] = subprocess.Popen(
             [sys.executable, "-m", "painpath", "classifier", "--port", str(port)],
-            env=self.env | {"PAINPATH_STATE_DIR": str(state_dir)},
+            env=self.env | {"PAINPATH_STATE_DIR": str(state_dir)} | env,
             stdout=log,
             stderr=log,
         )
@@ -83,6 +83,17 @@ class Workers:
                     pass
                 assert time.monotonic() < deadline, "a classifier did not become ready"
                 time.sleep(0.2)
+
+    def metric_totals(self, name: str) -> dict[str, float]:
+        """A Prometheus counter's samples by label set, summed over the running workers."""
+        totals: dict[str, float] = defaultdict(float)
+        for port in self.processes:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            for sample in text.splitlines():
+                if sample.startswith(name + "{"):
+                    labels, value = sample[len(name) + 1 :].split("} ")
+                    totals[labels] += float(value)
+        return totals
 
     def stop(self, port: int) -> int:
         process = self.processes.pop(port)
@@ -243,6 +254,10 @@ async def test_streaming_agrees_with_classify_for_a_cohort_with_poison_interleav
             == EVENTS.full_name(settings.kafka_topic_prefix).encode()
         )
 
+    counted = workers.metric_totals("painpath_classifier_events_total")
+    assert counted['outcome="dead_letter"'] == dead_letters
+    assert sum(counted.values()) == len(records)
+
     # Re-delivery of the whole input changes nothing: no second, different message.
     before = sum(len(messages) for messages in got.values())
     await produce(settings, records)
@@ -271,6 +286,51 @@ async def test_stopping_one_of_two_workers_mid_stream_loses_and_duplicates_nothi
     for messages in got.values():
         ids = [message["determination_id"] for message in messages]
         assert all(a != b for a, b in zip(ids, ids[1:], strict=False)), "a determination twice"
+
+
+async def test_time_passing_alone_changes_a_determination_once(settings, workers, tmp_path):
+    """A trial reaching its 28 days turns in_progress into failed with no new event."""
+    reaches_minimum_in = timedelta(seconds=15)
+    start = datetime.now(UTC) - timedelta(days=28) + reaches_minimum_in
+    patient = "pt-stream-clock-01"
+
+    def event(number: int, kind: str, at: datetime, **data) -> dict:
+        return {
+            "specversion": "1.0",
+            "id": f"clock-{number}",
+            "source": "urn:hospital:st-olaf:ehr",
+            "type": f"pain.{kind}.v1",
+            "time": at.isoformat(),
+            "data": {"patient_id": patient, **data},
+        }
+
+    events = [
+        event(1, "condition.recorded", start - timedelta(days=400), onset_date="2024-01-01"),
+        event(2, "score.recorded", start - timedelta(days=1), score=8),
+        event(
+            3,
+            "trial.started",
+            start,
+            trial_id="t1",
+            drug="gabapentin",
+            daily_dose=1200,
+            dose_unit="mg",
+        ),
+        event(4, "score.recorded", start + timedelta(days=20), score=8),
+    ]
+    workers.start(tmp_path / "w1", CLASSIFIER_AS_OF="", CLASSIFIER_REEVALUATE_SECONDS="1")
+    workers.wait_ready()
+    remember_patient_ids(json.dumps(events).encode())
+
+    await produce(settings, [(patient.encode(), json.dumps(e).encode()) for e in events])
+    # One determination per event (each changes the evidence), then one as the trial matures.
+    decided = await read_topic(settings, DETERMINATIONS, expected=len(events) + 1, timeout=60)
+    await asyncio.sleep(4)  # several more ticks of the timer
+    settled = await read_topic(settings, DETERMINATIONS, expected=len(decided), timeout=5)
+
+    outcomes = [[t["outcome"] for t in json.loads(r.value)["trials"]] for r in settled]
+    assert outcomes[-2:] == [["in_progress"], ["failed"]]
+    assert len(settled) == len(decided) == len(events) + 1
 
 
 def _valid(value: str | bytes) -> bool:
