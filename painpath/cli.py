@@ -179,15 +179,19 @@ def classifier(
     """Run one streaming classifier worker (start several for more throughput)."""
     import faust
 
-    from services.classifier.policy import load_policy
+    from services.classifier.policy import PolicyError, load_policy
     from services.classifier.stream import create_app
 
     settings = _settings()
     if port:
         settings = settings.model_copy(update={"classifier_port": port})
+    try:
+        policy = load_policy(settings.classifier_policy_file)
+    except PolicyError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
     endpoints = resolve_endpoints(settings)
     configure_logging(settings.log_level, endpoints.pseudonym_key)
-    policy = load_policy(settings.classifier_policy_file)
     datadir = settings.painpath_state_dir / f"classifier-{settings.classifier_port}"
     datadir.mkdir(parents=True, exist_ok=True)
     faust_app = create_app(settings, endpoints, policy, datadir)

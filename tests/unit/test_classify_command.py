@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -116,6 +117,23 @@ def test_classify_refuses_a_malformed_policy_file_with_the_reason(tmp_path: Path
     policy.write_text('id = "broken"\nchronic_days = -1\n')
 
     result = run_classify(str(feed), "--as-of", AS_OF, "--policy", str(policy))
+
+    assert result.returncode == 2
+    assert "error: policy" in result.stderr
+
+
+def test_a_classifier_worker_refuses_a_malformed_policy_file_at_start(tmp_path: Path):
+    policy = tmp_path / "policy.toml"
+    policy.write_text("this is = not [toml\n")
+
+    result = subprocess.run(
+        [sys.executable, "-m", "painpath", "classifier"],
+        env={**os.environ, "CLASSIFIER_POLICY_FILE": str(policy)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
     assert result.returncode == 2
     assert "error: policy" in result.stderr
