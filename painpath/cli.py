@@ -52,12 +52,14 @@ def stack_down() -> None:
 
 
 @stack_app.command("key")
-def stack_key() -> None:
-    """Print the local gateway's API key (allowed every source)."""
+def stack_key(
+    admin: bool = typer.Option(False, "--admin", help="The coordinators' API admin token instead"),
+) -> None:
+    """Print the local gateway's API key (allowed every source), or the local admin token."""
     state = LocalStack(_settings().painpath_state_dir).state()
     if state is None:
         raise typer.BadParameter("the local stack is not running: painpath stack up")
-    typer.echo(state.api_key)
+    typer.echo(state.admin_token if admin else state.api_key)
 
 
 @topics_app.command("create")
@@ -113,7 +115,7 @@ def gateway(
 def run(
     classifiers: int = typer.Option(2, min=1, help="Classifier workers to start"),
 ) -> None:
-    """Run the whole system locally: the stack, the gateway and the classifier workers."""
+    """Run the whole system locally: the gateway, the classifier workers and the coordinator."""
     from painpath.run import Service, run_services
     from shared.db import migrate
     from shared.kafka import create_topics
@@ -123,7 +125,11 @@ def run(
     asyncio.run(create_topics(settings, endpoints.bootstrap_servers))
     asyncio.run(migrate(endpoints.database_url))
     gateway = f"http://{settings.gateway_host}:{settings.gateway_port}"
-    services = [Service("gateway", ["gateway"], f"{gateway}/readyz")]
+    coordinator = f"http://{settings.coordinator_host}:{settings.coordinator_port}"
+    services = [
+        Service("gateway", ["gateway"], f"{gateway}/readyz"),
+        Service("coordinator", ["coordinator"], f"{coordinator}/readyz"),
+    ]
     for number in range(classifiers):
         port = settings.classifier_port + number
         services.append(
@@ -133,8 +139,40 @@ def run(
                 f"http://{settings.classifier_host}:{port}/readyz",
             )
         )
-    typer.echo(f"gateway  {gateway}  (API key: painpath stack key)")
+    typer.echo(f"gateway      {gateway}  (API key: painpath stack key)")
+    typer.echo(f"coordinator  {coordinator}  (token: painpath stack key --admin)")
     raise typer.Exit(run_services(services, typer.echo))
+
+
+@app.command()
+def coordinator(
+    port: int = typer.Option(None, help="Default: COORDINATOR_PORT"),
+) -> None:
+    """Run the coordinator: care plans and tasks from determinations, its API and task stream."""
+    import uvicorn
+
+    from services.coordinator.app import create_app
+    from services.coordinator.scheduling import load_roster
+    from services.coordinator.templates import load_templates
+
+    settings = _settings()
+    try:
+        templates = load_templates(settings.coordinator_templates_file)
+        roster = load_roster(settings.coordinator_roster_file)
+    except ValueError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    endpoints = resolve_endpoints(settings)
+    configure_logging(settings.log_level, endpoints.pseudonym_key)
+    host, port = settings.coordinator_host, port or settings.coordinator_port
+    typer.echo(f"coordinator on http://{host}:{port}  (OpenAPI: http://{host}:{port}/docs)")
+    uvicorn.run(
+        create_app(settings, endpoints, templates, roster),
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+    )
 
 
 @app.command()

@@ -29,6 +29,27 @@ class ApiKey(BaseModel):
         )
 
 
+TokenRole = Literal[
+    "admin",
+    "coordinator",
+    "pain_specialist",
+    "physical_therapist",
+    "pain_psychologist",
+    "pharmacist",
+    "interventionalist",
+    "care_coordinator",
+]
+
+
+class ApiToken(BaseModel):
+    """A coordinators' API bearer token: `admin` and `coordinator` see every task, a clinician
+    role its role's tasks."""
+
+    name: str = Field(min_length=1, description="who: shown in the audit trail, never the token")
+    token: SecretStr
+    role: TokenRole
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=".env", extra="ignore", frozen=True, env_ignore_empty=True
@@ -65,6 +86,15 @@ class Settings(BaseSettings):
     classifier_as_of: AwareDatetime | None = None
     classifier_session_timeout_seconds: float = Field(default=10, gt=0)
     classifier_cache_patients: int = Field(default=50_000, gt=0)
+
+    # Coordinator
+    coordinator_host: str = "127.0.0.1"
+    coordinator_port: int = Field(default=8090, ge=1, le=65535)
+    coordinator_tokens: list[ApiToken] = Field(default_factory=list)
+    coordinator_templates_file: Path | None = None
+    coordinator_roster_file: Path | None = None
+    coordinator_session_timeout_seconds: float = Field(default=10, gt=0)
+    coordinator_fetch_wait_ms: int = Field(default=50, ge=0)
 
     # Logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

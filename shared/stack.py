@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from shared.logging import SafeMessage, get_logger
-from shared.settings import ApiKey, Settings
+from shared.settings import ApiKey, ApiToken, Settings
 
 log = get_logger(__name__)
 
@@ -36,6 +36,7 @@ class StackState:
     broker_pid: int
     api_key: str  # the local gateway key, allowed every source
     pseudonym_key: str  # the local key of the log pseudonyms
+    admin_token: str = ""  # the local coordinators' API token, role admin
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class Endpoints:
     bootstrap_servers: str
     database_url: str
     api_keys: list[ApiKey]
+    coordinator_tokens: list[ApiToken]
     pseudonym_key: str | None
     local: bool
 
@@ -108,6 +110,7 @@ class LocalStack:
             broker_pid=pid,
             api_key=previous.api_key if previous else secrets.token_urlsafe(24),
             pseudonym_key=previous.pseudonym_key if previous else secrets.token_hex(32),
+            admin_token=(previous.admin_token if previous else "") or secrets.token_urlsafe(24),
         )
         self.state_file.write_text(json.dumps(asdict(state), indent=2))
         self.state_file.chmod(0o600)
@@ -185,6 +188,7 @@ def resolve_endpoints(settings: Settings) -> Endpoints:
             bootstrap_servers=settings.kafka_bootstrap_servers,
             database_url=settings.database_url.get_secret_value(),
             api_keys=settings.gateway_api_keys,
+            coordinator_tokens=settings.coordinator_tokens,
             pseudonym_key=(
                 settings.log_pseudonym_key.get_secret_value()
                 if settings.log_pseudonym_key
@@ -200,6 +204,8 @@ def resolve_endpoints(settings: Settings) -> Endpoints:
         database_url=state.database_url,
         api_keys=settings.gateway_api_keys
         or [ApiKey(name="local", key=state.api_key, sources=["*"])],
+        coordinator_tokens=settings.coordinator_tokens
+        or [ApiToken(name="local-admin", token=state.admin_token, role="admin")],
         pseudonym_key=(
             settings.log_pseudonym_key.get_secret_value()
             if settings.log_pseudonym_key

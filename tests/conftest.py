@@ -111,6 +111,7 @@ def endpoints(settings: Settings) -> Endpoints:
         bootstrap_servers=settings.kafka_bootstrap_servers,
         database_url=settings.database_url.get_secret_value(),
         api_keys=settings.gateway_api_keys,
+        coordinator_tokens=settings.coordinator_tokens,
         pseudonym_key="test-pseudonym-key",
         local=False,
     )

@@ -1,0 +1,201 @@
+"""The coordinator: one process running the determination consumer, the outbox relay and the API.
+
+`create_app` wires the adapters (PostgreSQL pool, Kafka consumer and producer, LISTEN/NOTIFY)
+around the service layer (`service.Coordinator`) and the pure cores (`care_plan`, `scheduling`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import asynccontextmanager, suppress
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+)
+
+from services.coordinator.api import create_router
+from services.coordinator.care_plan import TaskState
+from services.coordinator.consumer import DeterminationConsumer
+from services.coordinator.relay import OutboxNotifier, OutboxRelay
+from services.coordinator.scheduling import Roster
+from services.coordinator.service import Coordinator
+from services.coordinator.templates import PlanTemplates
+from shared.db import create_pool, migrate
+from shared.kafka import client_options, reliable_producer
+from shared.logging import get_logger
+from shared.settings import Settings
+from shared.stack import Endpoints
+from shared.topics import CARE_TASKS, DETERMINATIONS
+
+log = get_logger("painpath.coordinator")
+
+GROUP = "painpath-coordinator"
+READINESS_TIMEOUT = 3.0
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.determinations = Counter(
+            "painpath_coordinator_determinations",
+            "Determination records consumed, by result",
+            ["result"],
+            registry=self.registry,
+        )
+        self.tasks = Gauge(
+            "painpath_coordinator_tasks",
+            "Tasks by state (read at scrape time)",
+            ["state"],
+            registry=self.registry,
+        )
+        self.outbox_backlog = Gauge(
+            "painpath_coordinator_outbox_unpublished",
+            "Task changes written but not yet published to care.tasks.v1",
+            registry=self.registry,
+        )
+        self.published = Gauge(
+            "painpath_coordinator_outbox_published",
+            "Task changes published by this instance's relay since start",
+            registry=self.registry,
+        )
+
+
+def create_app(
+    settings: Settings,
+    endpoints: Endpoints,
+    templates: PlanTemplates,
+    roster: Roster,
+    today=lambda: datetime.now(UTC).date(),
+) -> FastAPI:
+    metrics = Metrics()
+    prefix = settings.kafka_topic_prefix
+    state: dict[str, Any] = {}
+    coordinator = Coordinator(None, templates, roster, today)  # its pool is opened at start
+    notifier = OutboxNotifier(endpoints.database_url)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if not endpoints.coordinator_tokens:
+            raise RuntimeError("COORDINATOR_TOKENS is empty: nobody could use the API")
+        await migrate(endpoints.database_url)
+        pool = await create_pool(endpoints.database_url, settings.database_pool_max)
+        coordinator.pool = pool
+        await notifier.start()
+        producer = reliable_producer(settings, endpoints.bootstrap_servers)
+        await producer.start()
+        consumer = AIOKafkaConsumer(
+            DETERMINATIONS.full_name(prefix),
+            **client_options(settings, endpoints.bootstrap_servers),
+            group_id=f"{prefix}{GROUP}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=int(settings.coordinator_session_timeout_seconds * 1000),
+            heartbeat_interval_ms=int(settings.coordinator_session_timeout_seconds * 1000 / 3),
+            fetch_max_wait_ms=settings.coordinator_fetch_wait_ms,
+        )
+        await consumer.start()
+
+        async def apply(record, body) -> bool:
+            applied = await coordinator.apply_determination(record, body)
+            metrics.determinations.labels("applied" if applied else "already_applied").inc()
+            return applied
+
+        determinations = DeterminationConsumer(consumer, apply)
+        relay = OutboxRelay(
+            endpoints.database_url, pool, producer, CARE_TASKS.full_name(prefix), notifier
+        )
+        tasks = [
+            asyncio.create_task(determinations.run(), name="determinations"),
+            asyncio.create_task(relay.run(), name="relay"),
+        ]
+        state.update(
+            pool=pool, consumer=consumer, determinations=determinations, relay=relay, tasks=tasks
+        )
+        log.info("coordinator_started", templates=templates.id, people=len(roster.people))
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with suppress(asyncio.CancelledError, Exception):
+                    await task
+            await consumer.stop()
+            await producer.stop()
+            await notifier.stop()
+            await pool.close()
+            log.info("coordinator_stopped")
+
+    app = FastAPI(
+        title="Painpath coordinator",
+        version="1",
+        description=(
+            "Care plans and team tasks from refractory-pain determinations."
+            " Authenticate with `Authorization: Bearer <token>`."
+        ),
+        lifespan=lifespan,
+    )
+
+    app.include_router(create_router(coordinator, notifier, endpoints.coordinator_tokens))
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        log.info(
+            "request",
+            method=request.method,
+            route=route,  # the template: a path can hold a patient id
+            code=response.status_code,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+        return response
+
+    @app.get("/healthz", summary="Liveness: the process answers (no dependency checks)")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Readiness: database, consumer and relay")
+    async def readyz() -> JSONResponse:
+        checks = {"database": "ok", "consumer": "ok", "relay": "ok"}
+        try:
+            async with asyncio.timeout(READINESS_TIMEOUT):
+                await state["pool"].fetchval("SELECT 1")
+        except Exception as exc:  # what failed is the answer, not an error of ours
+            checks["database"] = f"failing: {type(exc).__name__}"
+        if not state["consumer"].assignment():
+            checks["consumer"] = "failing: no partitions assigned"
+        elif not state["determinations"].database_ok:
+            checks["consumer"] = "failing: waiting for the database"
+        for task in state["tasks"]:
+            if task.done():
+                checks["consumer" if task.get_name() == "determinations" else "relay"] = (
+                    "failing: stopped"
+                )
+        ready = all(result == "ok" for result in checks.values())
+        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def prometheus() -> Response:
+        pool = state["pool"]
+        counts = dict(await pool.fetch("SELECT state, count(*) FROM tasks GROUP BY state"))
+        for task_state in TaskState:
+            metrics.tasks.labels(task_state.value).set(counts.get(task_state.value, 0))
+        metrics.outbox_backlog.set(
+            await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        )
+        metrics.published.set(state["relay"].published)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

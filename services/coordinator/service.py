@@ -1,0 +1,219 @@
+"""The coordinator's service layer: determinations and people's actions become task changes.
+
+Each entry point is one database transaction that takes the planning lock, so plans, schedules
+and the team's capacity change one at a time; every task change it makes is audited and queued
+in the outbox by `store.save_change`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import date, timedelta
+from uuid import UUID
+
+import asyncpg
+from aiokafka import ConsumerRecord
+
+from services.classifier.determination import Determination
+from services.coordinator import store
+from services.coordinator.care_plan import (
+    OPEN_STATES,
+    ExistingTask,
+    TaskAction,
+    TaskState,
+    plan_for,
+    reconcile,
+    transition,
+)
+from services.coordinator.scheduling import Roster, SchedulingTask, schedule
+from services.coordinator.store import SYSTEM_ACTOR, TaskView
+from services.coordinator.templates import PlanTemplates
+
+
+class TaskNotFound(LookupError):
+    pass
+
+
+class InvalidAction(ValueError):
+    """The action is legal for the task's state but its details are not (e.g. an unknown person)."""
+
+
+class Coordinator:
+    def __init__(
+        self,
+        pool: asyncpg.Pool | None,
+        templates: PlanTemplates,
+        roster: Roster,
+        today: Callable[[], date],
+    ):
+        self.pool = pool
+        self.templates = templates
+        self.roster = roster
+        self.today = today
+
+    async def apply_determination(self, record: ConsumerRecord, body: dict) -> bool:
+        """Bring the patient's plan in line with a determination; False if already applied."""
+        determination = Determination.model_validate(body)
+        patient_id = determination.patient_id
+        async with self.pool.acquire() as connection, connection.transaction():
+            await store.lock_planning(connection)
+            recorded = await store.record_determination(
+                connection, record.topic, record.partition, record.offset, body
+            )
+            if recorded is None:
+                return False
+            await store.set_current_determination(
+                connection, patient_id, recorded, self.templates.id
+            )
+            existing = await store.patient_tasks(connection, patient_id)
+            change = reconcile(
+                [ExistingTask(task.key, TaskState(task.state)) for task in existing],
+                plan_for(determination, self.templates),
+                determination,
+            )
+            today = self.today()
+            for spec in change.add:
+                task = await store.insert_task(
+                    connection,
+                    {
+                        "patient_id": patient_id,
+                        "key": spec.key,
+                        "title": spec.title,
+                        "description": spec.description,
+                        "role": str(spec.role),
+                        "priority": str(spec.priority),
+                        "prerequisites": list(spec.prerequisites),
+                        "reason": spec.reason,
+                        "determination_id": determination.determination_id,
+                        "state": TaskState.PROPOSED.value,
+                        "created_on": today,
+                        "due_on": today + timedelta(days=spec.due_days),
+                    },
+                )
+                await store.save_change(connection, task, "created", SYSTEM_ACTOR, spec.reason)
+            open_by_key = {task.key: task for task in existing if task.state in OPEN_STATES}
+            for key, reason in change.cancel:
+                task = open_by_key[key]
+                cancelled = await store.update_task(
+                    connection,
+                    task.id,
+                    {"state": TaskState.CANCELLED.value, "cancel_reason": reason},
+                )
+                await store.save_change(
+                    connection, cancelled, "cancelled", SYSTEM_ACTOR, reason, task.state
+                )
+            await self._reschedule(connection, patient_id, today)
+        return True
+
+    async def act(
+        self,
+        task_id: UUID,
+        action: TaskAction,
+        actor: str,
+        *,
+        outcome: str | None = None,
+        reason: str | None = None,
+        assignee: str | None = None,
+    ) -> TaskView:
+        """A person's action on a task. Raises TaskNotFound, IllegalTransition, InvalidAction."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            await store.lock_planning(connection)
+            row = await connection.fetchrow(
+                f"SELECT {store.TASK_COLUMNS} FROM tasks WHERE id = $1 FOR UPDATE", task_id
+            )
+            if row is None:
+                raise TaskNotFound(str(task_id))
+            task = store.task_view(row)
+            state = transition(task.state, action)
+            updates: dict[str, object] = {"state": state.value}
+            if action is TaskAction.ACCEPT:
+                updates["assignee_fixed"] = True  # the person it was scheduled for took it
+            elif action is TaskAction.COMPLETE:
+                if not outcome:
+                    raise InvalidAction("completing a task needs its outcome")
+                updates |= {"outcome": outcome, "done_on": self.today()}
+            elif action is TaskAction.CANCEL:
+                if not reason:
+                    raise InvalidAction("cancelling a task needs a reason")
+                updates["cancel_reason"] = reason
+            elif action is TaskAction.REASSIGN:
+                person = self.roster.person(assignee) if assignee else None
+                if person is None or str(person.role) != task.role:
+                    raise InvalidAction(f"reassigning needs a person of the role {task.role}")
+                updates |= {"assignee": person.id, "assignee_fixed": True}
+            changed = await store.update_task(connection, task.id, updates)
+            await store.save_change(
+                connection,
+                changed,
+                action.value,
+                actor,
+                reason or outcome,
+                task.state,
+                {"assignee": changed.assignee} if action is TaskAction.REASSIGN else None,
+            )
+            if action in (TaskAction.COMPLETE, TaskAction.CANCEL, TaskAction.REASSIGN):
+                await self._reschedule(connection, task.patient_id, self.today())
+            return await self._task(connection, task.id)
+
+    async def _task(self, connection: asyncpg.Connection, task_id: UUID) -> TaskView:
+        row = await connection.fetchrow(
+            f"SELECT {store.TASK_COLUMNS} FROM tasks WHERE id = $1", task_id
+        )
+        return store.task_view(row)
+
+    async def _reschedule(
+        self, connection: asyncpg.Connection, patient_id: str, today: date
+    ) -> None:
+        """Schedule the patient's open tasks around everyone else's bookings.
+
+        Only this patient's tasks can move: other patients' slots are fixed bookings.
+        """
+        tasks = await store.patient_tasks(connection, patient_id)
+        current: dict[str, TaskView] = {}
+        for task in tasks:  # by key, the latest task that is open or done counts
+            if task.state != TaskState.CANCELLED:
+                current[task.key] = task
+        slots = schedule(
+            [
+                SchedulingTask(
+                    task_id=str(task.id),
+                    role=task.role,
+                    priority=task.priority,
+                    created=task.created_on,
+                    due_days=(task.due_on - task.created_on).days,
+                    prerequisites=tuple(
+                        str(current[key].id) for key in task.prerequisites if key in current
+                    ),
+                    state=task.state,
+                    assignee=task.assignee if task.assignee_fixed else None,
+                    done_on=task.done_on,
+                )
+                for task in current.values()
+            ],
+            self.roster,
+            today,
+            await store.bookings(connection, patient_id),
+        )
+        for task in current.values():
+            slot = slots.get(str(task.id))
+            if slot is None or task.state not in OPEN_STATES:
+                continue
+            if (slot.date, slot.assignee, slot.late) == (
+                task.scheduled_on,
+                task.assignee,
+                task.late,
+            ):
+                continue
+            moved = await store.update_task(
+                connection,
+                task.id,
+                {"scheduled_on": slot.date, "assignee": slot.assignee, "late": slot.late},
+            )
+            if slot.date is None:
+                reason = f"not scheduled: {slot.problem}"
+            else:
+                late = " (after its due date)" if slot.late else ""
+                reason = f"scheduled for {slot.date.isoformat()}{late}"
+            await store.save_change(
+                connection, moved, "scheduled", SYSTEM_ACTOR, reason, task.state
+            )
