@@ -22,7 +22,7 @@ PAINPATH_SERVICES = {
 
 
 def test_every_painpath_service_is_built_from_the_one_dockerfile():
-    assert set(PAINPATH_SERVICES) >= {"setup", "gateway"}
+    assert set(PAINPATH_SERVICES) >= {"setup", "gateway", "classifier", "coordinator"}
     for service in PAINPATH_SERVICES.values():
         assert (ROOT / service["build"]["context"] / service["build"]["dockerfile"]).is_file()
 
