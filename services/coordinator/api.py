@@ -10,7 +10,7 @@ import base64
 import hmac
 import json
 from collections.abc import AsyncIterator
-from datetime import date
+from datetime import date, datetime
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -59,6 +59,18 @@ class Cancellation(BaseModel):
 
 class Reassignment(BaseModel):
     assignee: str = Field(min_length=1, description="A person of the task's role in the roster")
+
+
+class AuditEntry(BaseModel):
+    """One change of a task: who, when, what, why."""
+
+    at: datetime
+    actor: str
+    change: str
+    from_state: str | None
+    to_state: str
+    reason: str | None
+    details: dict[str, Any]
 
 
 class DeterminationSummary(BaseModel):
@@ -163,6 +175,20 @@ def create_router(
     @router.get("/v1/tasks/{task_id}", response_model=TaskView, summary="One task")
     async def get_task(task_id: UUID, caller: Caller = authenticated) -> TaskView:
         return await visible_task(task_id, caller)
+
+    @router.get(
+        "/v1/tasks/{task_id}/history",
+        response_model=list[AuditEntry],
+        summary="The task's audit trail: who changed what, when and why",
+    )
+    async def task_history(task_id: UUID, caller: Caller = authenticated) -> list[AuditEntry]:
+        task = await visible_task(task_id, caller)
+        rows = await coordinator.pool.fetch(
+            """SELECT at, actor, change, from_state, to_state, reason, details
+               FROM task_audit WHERE task_id = $1 ORDER BY id""",
+            task.id,
+        )
+        return [AuditEntry(**{**dict(row), "details": json.loads(row["details"])}) for row in rows]
 
     async def act(task_id: UUID, caller: Caller, action: TaskAction, **details) -> TaskView:
         task = await visible_task(task_id, caller)

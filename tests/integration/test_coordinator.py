@@ -290,6 +290,16 @@ async def test_transitions_and_their_refusals(coordinator, settings):
     )
     assert done.json()["state"] == "completed" and done.json()["outcome"] == "reviewed, 4 drugs"
     assert (await coordinator.post(f"{url}/start", headers=auth("pharmacist"))).status_code == 409
+    history = (await coordinator.get(f"{url}/history", headers=auth("pharmacist"))).json()
+    assert [(h["change"], h["actor"]) for h in history] == [
+        ("created", "coordinator"),
+        ("scheduled", "coordinator"),
+        ("accept", "pharmacist-user"),
+        ("reassign", "coordinator-user"),
+        ("start", "pharmacist-user"),
+        ("complete", "pharmacist-user"),
+    ]
+    assert history[-1]["reason"] == "reviewed, 4 drugs"
     assert (
         await coordinator.post(
             "/v1/tasks/00000000-0000-0000-0000-000000000000/accept", headers=auth("admin")
