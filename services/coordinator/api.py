@@ -10,7 +10,7 @@ import base64
 import hmac
 import json
 from collections.abc import AsyncIterator
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -25,6 +25,7 @@ from services.coordinator.fhir import fhir_task
 from services.coordinator.relay import OutboxNotifier
 from services.coordinator.service import Coordinator, InvalidAction, TaskNotFound
 from services.coordinator.store import TaskView
+from services.coordinator.timeline import Timeline
 from shared.settings import ApiToken
 
 ALL_TASKS = frozenset({"admin", "coordinator"})
@@ -262,6 +263,17 @@ def create_router(
             templates=plan["templates"],
             tasks=[task for task in tasks if caller.may_see(task)],
         )
+
+    @router.get(
+        "/v1/patients/{patient_id}/timeline",
+        response_model=Timeline,
+        summary="Scores, trials with dose steps, side effects and status changes, for plotting",
+    )
+    async def timeline(patient_id: str, caller: Caller = authenticated) -> Timeline:
+        found = await coordinator.timeline(patient_id, datetime.now(UTC))
+        if found is None:
+            raise HTTPException(404, "nothing is known of this patient")
+        return found
 
     @router.get(
         "/v1/stream",

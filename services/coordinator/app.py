@@ -25,7 +25,7 @@ from prometheus_client import (
 
 from services.coordinator.api import create_router
 from services.coordinator.care_plan import TaskState
-from services.coordinator.consumer import DeterminationConsumer
+from services.coordinator.consumer import RecordConsumer
 from services.coordinator.relay import OutboxNotifier, OutboxRelay
 from services.coordinator.scheduling import Roster
 from services.coordinator.service import Coordinator
@@ -35,11 +35,12 @@ from shared.kafka import client_options, reliable_producer
 from shared.logging import get_logger
 from shared.settings import Settings
 from shared.stack import Endpoints
-from shared.topics import CARE_TASKS, DETERMINATIONS
+from shared.topics import CARE_TASKS, DETERMINATIONS, EVENTS
 
 log = get_logger("painpath.coordinator")
 
 GROUP = "painpath-coordinator"
+TIMELINE_GROUP = "painpath-coordinator-timeline"
 READINESS_TIMEOUT = 3.0
 
 
@@ -49,6 +50,12 @@ class Metrics:
         self.determinations = Counter(
             "painpath_coordinator_determinations",
             "Determination records consumed, by result",
+            ["result"],
+            registry=self.registry,
+        )
+        self.events = Counter(
+            "painpath_coordinator_events",
+            "Clinical event records kept for the timeline, by result",
             ["result"],
             registry=self.registry,
         )
@@ -93,34 +100,44 @@ def create_app(
         await notifier.start()
         producer = reliable_producer(settings, endpoints.bootstrap_servers)
         await producer.start()
-        consumer = AIOKafkaConsumer(
-            DETERMINATIONS.full_name(prefix),
-            **client_options(settings, endpoints.bootstrap_servers),
-            group_id=f"{prefix}{GROUP}",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            session_timeout_ms=int(settings.coordinator_session_timeout_seconds * 1000),
-            heartbeat_interval_ms=int(settings.coordinator_session_timeout_seconds * 1000 / 3),
-            fetch_max_wait_ms=settings.coordinator_fetch_wait_ms,
-        )
-        await consumer.start()
-
-        async def apply(record, body) -> bool:
-            applied = await coordinator.apply_determination(record, body)
-            metrics.determinations.labels("applied" if applied else "already_applied").inc()
-            return applied
-
-        determinations = DeterminationConsumer(consumer, apply)
+        timeout_ms = int(settings.coordinator_session_timeout_seconds * 1000)
+        kafka_consumers = [
+            AIOKafkaConsumer(
+                topic.full_name(prefix),
+                **client_options(settings, endpoints.bootstrap_servers),
+                group_id=f"{prefix}{group}",
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                session_timeout_ms=timeout_ms,
+                heartbeat_interval_ms=timeout_ms // 3,
+                fetch_max_wait_ms=settings.coordinator_fetch_wait_ms,
+            )
+            for topic, group in ((DETERMINATIONS, GROUP), (EVENTS, TIMELINE_GROUP))
+        ]
+        for consumer in kafka_consumers:
+            await consumer.start()
+        consumers = [
+            RecordConsumer(
+                "determinations",
+                kafka_consumers[0],
+                coordinator.determination_record,
+                lambda outcome: metrics.determinations.labels(outcome.value).inc(),
+            ),
+            RecordConsumer(
+                "events",
+                kafka_consumers[1],
+                coordinator.event_record,
+                lambda outcome: metrics.events.labels(outcome.value).inc(),
+            ),
+        ]
         relay = OutboxRelay(
             endpoints.database_url, pool, producer, CARE_TASKS.full_name(prefix), notifier
         )
         tasks = [
-            asyncio.create_task(determinations.run(), name="determinations"),
+            *(asyncio.create_task(c.run(), name=c.name) for c in consumers),
             asyncio.create_task(relay.run(), name="relay"),
         ]
-        state.update(
-            pool=pool, consumer=consumer, determinations=determinations, relay=relay, tasks=tasks
-        )
+        state.update(pool=pool, consumers=consumers, relay=relay, tasks=tasks)
         log.info("coordinator_started", templates=templates.id, people=len(roster.people))
         try:
             yield
@@ -130,7 +147,8 @@ def create_app(
             for task in tasks:
                 with suppress(asyncio.CancelledError, Exception):
                     await task
-            await consumer.stop()
+            for consumer in kafka_consumers:
+                await consumer.stop()
             await producer.stop()
             await notifier.stop()
             await pool.close()
@@ -168,21 +186,20 @@ def create_app(
 
     @app.get("/readyz", summary="Readiness: database, consumer and relay")
     async def readyz() -> JSONResponse:
-        checks = {"database": "ok", "consumer": "ok", "relay": "ok"}
+        checks = {"database": "ok", "determinations": "ok", "events": "ok", "relay": "ok"}
         try:
             async with asyncio.timeout(READINESS_TIMEOUT):
                 await state["pool"].fetchval("SELECT 1")
         except Exception as exc:  # what failed is the answer, not an error of ours
             checks["database"] = f"failing: {type(exc).__name__}"
-        if not state["consumer"].assignment():
-            checks["consumer"] = "failing: no partitions assigned"
-        elif not state["determinations"].database_ok:
-            checks["consumer"] = "failing: waiting for the database"
+        for consumer in state["consumers"]:
+            if not consumer.assigned:
+                checks[consumer.name] = "failing: no partitions assigned"
+            elif not consumer.database_ok:
+                checks[consumer.name] = "failing: waiting for the database"
         for task in state["tasks"]:
             if task.done():
-                checks["consumer" if task.get_name() == "determinations" else "relay"] = (
-                    "failing: stopped"
-                )
+                checks[task.get_name()] = "failing: stopped"
         ready = all(result == "ok" for result in checks.values())
         return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 

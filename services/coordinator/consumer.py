@@ -1,17 +1,17 @@
-"""Consumes `pain.determinations.v1`: each record applied in one database transaction.
+"""Consumes a topic record by record, each applied in one database transaction.
 
-The record's (topic, partition, offset) is written in the transaction that changes the plan, and
-the Kafka offset is committed only after that transaction: a re-delivery, or a crash anywhere
-between the two commits, finds the record already applied and changes nothing.
-A database outage is waited out with backoff (the record is retried, never skipped).
+What identifies a record (its offset, or the event's (source, id)) is written in the transaction
+that applies it, and the Kafka offset is committed only after that transaction: a re-delivery, or
+a crash anywhere between the two commits, finds the record already applied and changes nothing.
+A database outage is waited out with backoff: the record is retried, never skipped.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Awaitable, Callable
+from enum import Enum
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
@@ -20,63 +20,55 @@ from shared.logging import get_logger
 
 log = get_logger("painpath.coordinator.consumer")
 
-Apply = Callable[[ConsumerRecord, dict], Awaitable[bool]]
 MAX_BACKOFF = 10.0
-REQUIRED = frozenset({"patient_id", "determination_id", "status", "as_of"})
+DATABASE_DOWN = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+)
 
 
-class DeterminationConsumer:
-    def __init__(self, consumer: AIOKafkaConsumer, apply: Apply):
+class Outcome(Enum):
+    APPLIED = "applied"
+    ALREADY_APPLIED = "already_applied"
+    UNREADABLE = "unreadable"
+
+
+Apply = Callable[[ConsumerRecord], Awaitable[Outcome]]
+
+
+class RecordConsumer:
+    def __init__(self, name: str, consumer: AIOKafkaConsumer, apply: Apply, on_outcome=None):
+        self.name = name
         self._consumer = consumer
         self._apply = apply
-        self.applied = 0
-        self.skipped = 0
-        self.unreadable = 0
+        self._on_outcome = on_outcome or (lambda outcome: None)
         self.last_progress = time.monotonic()
         self.database_ok = True
+
+    @property
+    def assigned(self) -> bool:
+        return bool(self._consumer.assignment())
 
     async def run(self) -> None:
         while True:
             batch = await self._consumer.getmany(timeout_ms=1000, max_records=500)
             for partition, records in batch.items():
                 for record in records:
-                    await self._handle(record)
+                    self._on_outcome(await self._handle(record))
                 await self._consumer.commit({partition: records[-1].offset + 1})
             self.last_progress = time.monotonic()
 
-    async def _handle(self, record: ConsumerRecord) -> None:
-        try:
-            body = json.loads(record.value)
-            readable = isinstance(body, dict) and body.keys() >= REQUIRED
-        except ValueError:
-            readable = False
-        if not readable:
-            # A classifier bug, not a patient's event: count it, say where it is, go on.
-            self.unreadable += 1
-            log.error(
-                "determination_unreadable",
-                topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-            )
-            return
+    async def _handle(self, record: ConsumerRecord) -> Outcome:
         delay = 0.5
         while True:
             try:
-                applied = await self._apply(record, body)
+                outcome = await self._apply(record)
                 self.database_ok = True
-                break
-            except (
-                OSError,
-                asyncpg.PostgresConnectionError,
-                asyncpg.InterfaceError,
-                asyncpg.CannotConnectNowError,
-            ):
+                return outcome
+            except DATABASE_DOWN:
                 self.database_ok = False
-                log.warning("database_unavailable_retrying", delay_s=delay)
+                log.warning("database_unavailable_retrying", consumer=self.name, delay_s=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF)
-        if applied:
-            self.applied += 1
-        else:
-            self.skipped += 1

@@ -7,14 +7,16 @@ in the outbox by `store.save_change`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from uuid import UUID
 
 import asyncpg
 from aiokafka import ConsumerRecord
 
 from services.classifier.determination import Determination
+from services.classifier.policy import Policy, load_policy
 from services.coordinator import store
 from services.coordinator.care_plan import (
     OPEN_STATES,
@@ -25,9 +27,18 @@ from services.coordinator.care_plan import (
     reconcile,
     transition,
 )
+from services.coordinator.consumer import Outcome
 from services.coordinator.scheduling import Roster, SchedulingTask, schedule
 from services.coordinator.store import SYSTEM_ACTOR, TaskView
 from services.coordinator.templates import PlanTemplates
+from services.coordinator.timeline import StatusChange, Timeline, build_timeline
+from shared.contract import ContractViolation, parse_event
+from shared.logging import get_logger
+
+log = get_logger("painpath.coordinator")
+
+
+REQUIRED = frozenset({"patient_id", "determination_id", "status", "as_of"})
 
 
 class TaskNotFound(LookupError):
@@ -45,11 +56,81 @@ class Coordinator:
         templates: PlanTemplates,
         roster: Roster,
         today: Callable[[], date],
+        policy: Policy | None = None,
     ):
         self.pool = pool
         self.templates = templates
         self.roster = roster
         self.today = today
+        self.policy = policy or load_policy()
+
+    async def determination_record(self, record: ConsumerRecord) -> Outcome:
+        """Apply one record of `pain.determinations.v1`."""
+        try:
+            body = json.loads(record.value)
+            readable = isinstance(body, dict) and body.keys() >= REQUIRED
+        except ValueError:
+            readable = False
+        if not readable:  # a classifier bug, not a patient's event: say where it is, go on
+            log.error(
+                "determination_unreadable",
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+            )
+            return Outcome.UNREADABLE
+        applied = await self.apply_determination(record, body)
+        return Outcome.APPLIED if applied else Outcome.ALREADY_APPLIED
+
+    async def event_record(self, record: ConsumerRecord) -> Outcome:
+        """Keep one record of `pain.events.v1` for the patient's timeline (first one wins)."""
+        try:
+            event = parse_event(record.value)
+        except ContractViolation:
+            return Outcome.UNREADABLE  # the classifier dead-letters it with the reason
+        inserted = await self.pool.fetchval(
+            """INSERT INTO patient_events (source, event_id, patient_id, type, time, body)
+               VALUES ($1, $2, $3, $4, $5, $6)
+               ON CONFLICT (source, event_id) DO NOTHING RETURNING true""",
+            event.source,
+            event.id,
+            event.patient_id,
+            event.type,
+            event.time,
+            record.value.decode(),
+        )
+        return Outcome.APPLIED if inserted else Outcome.ALREADY_APPLIED
+
+    async def timeline(self, patient_id: str, as_of: datetime) -> Timeline | None:
+        """The patient's timeline as of `as_of`, or None when nothing is known of the patient."""
+        rows = await self.pool.fetch(
+            "SELECT body FROM patient_events WHERE patient_id = $1 ORDER BY received_at",
+            patient_id,
+        )
+        determinations = await self.pool.fetch(
+            """SELECT as_of, received_at, status, determination_id, body FROM determinations
+               WHERE patient_id = $1 ORDER BY id""",
+            patient_id,
+        )
+        if not rows and not determinations:
+            return None
+        current = json.loads(determinations[-1]["body"]) if determinations else {"trials": []}
+        return build_timeline(
+            patient_id,
+            [parse_event(row["body"]) for row in rows],
+            self.policy,
+            as_of,
+            {trial["trial_id"]: trial["outcome"] for trial in current["trials"]},
+            [
+                StatusChange(
+                    as_of=row["as_of"],
+                    received_at=row["received_at"],
+                    status=row["status"],
+                    determination_id=row["determination_id"],
+                )
+                for row in determinations
+            ],
+        )
 
     async def apply_determination(self, record: ConsumerRecord, body: dict) -> bool:
         """Bring the patient's plan in line with a determination; False if already applied."""

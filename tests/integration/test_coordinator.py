@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from services.classifier.determination import Determination, Status
 from services.classifier.policy import AssessmentPart
 from services.coordinator.app import GROUP, create_app
-from services.coordinator.consumer import DeterminationConsumer
+from services.coordinator.consumer import RecordConsumer
 from services.coordinator.scheduling import load_roster
 from services.coordinator.service import Coordinator
 from services.coordinator.templates import load_templates
@@ -173,8 +173,8 @@ async def test_a_crash_between_database_commit_and_offset_commit_leaves_no_dupli
     pool = await asyncpg.create_pool(endpoints.database_url)
     service = Coordinator(pool, load_templates(), load_roster(), lambda: TODAY)
 
-    async def apply_then_die(record, body):
-        await service.apply_determination(record, body)
+    async def apply_then_die(record):
+        await service.determination_record(record)
         raise KilledAfterCommit
 
     consumer = AIOKafkaConsumer(
@@ -187,7 +187,7 @@ async def test_a_crash_between_database_commit_and_offset_commit_leaves_no_dupli
     )
     await consumer.start()
     with pytest.raises(KilledAfterCommit):
-        await DeterminationConsumer(consumer, apply_then_die).run()
+        await RecordConsumer("determinations", consumer, apply_then_die).run()
     await consumer.stop()
     before = await pool.fetchval("SELECT count(*) FROM tasks")
     assert before > 0
@@ -475,7 +475,10 @@ async def test_a_task_reads_as_a_fhir_r4_task(coordinator, settings):
 async def test_health_readiness_and_metrics(coordinator):
     assert (await coordinator.get("/healthz")).json() == {"status": "ok"}
     ready = (await coordinator.get("/readyz")).json()
-    assert ready == {"ready": True, "checks": {"database": "ok", "consumer": "ok", "relay": "ok"}}
+    assert ready == {
+        "ready": True,
+        "checks": {"database": "ok", "determinations": "ok", "events": "ok", "relay": "ok"},
+    }
     metrics = (await coordinator.get("/metrics")).text
     assert 'painpath_coordinator_tasks{state="proposed"}' in metrics
     assert "painpath_coordinator_outbox_unpublished" in metrics
@@ -505,3 +508,90 @@ async def test_many_plans_never_book_anyone_beyond_capacity_or_off_their_working
     for (person_id, _), count in booked.items():
         assert count <= roster.person(person_id).weekly_capacity
     assert any(task["late"] for task in tasks)  # 12 plans at once exceed the team's week
+
+
+async def test_the_timeline_shows_scores_dose_steps_side_effects_and_status_changes(
+    coordinator, settings
+):
+    patient = "pt-coord-timeline-01"
+
+    def event(number, kind, time, **data):
+        return {
+            "specversion": "1.0",
+            "id": f"tl-{number}",
+            "source": "urn:hospital:st-olaf:ehr",
+            "type": f"pain.{kind}.v1",
+            "time": time,
+            "data": {"patient_id": patient, **data},
+        }
+
+    events = [
+        event(1, "score.recorded", "2026-01-01T09:00:00Z", score=8),
+        event(
+            2,
+            "trial.started",
+            "2026-01-02T09:00:00Z",
+            trial_id="t1",
+            drug="Gabapentin",
+            daily_dose=300,
+            dose_unit="mg",
+        ),
+        event(
+            3,
+            "trial.dose_changed",
+            "2026-01-09T09:00:00Z",
+            trial_id="t1",
+            daily_dose=900,
+            dose_unit="mg",
+        ),
+        event(
+            4,
+            "side_effect.reported",
+            "2026-01-10T09:00:00Z",
+            trial_id="t1",
+            effect="dizziness",
+            severity="moderate",
+        ),
+        event(5, "score.recorded", "2026-02-01T09:00:00Z", score=60, instrument="vas"),
+        event(6, "score.recorded", "2026-02-02T09:00:00Z", score=2),
+        event(7, "event.retracted", "2026-02-03T09:00:00Z", retracted_id="tl-6"),
+    ]
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await producer.start()
+    for item in [*events, events[0]]:  # the first one twice
+        await producer.send_and_wait(
+            f"{settings.kafka_topic_prefix}pain.events.v1",
+            key=patient.encode(),
+            value=json.dumps(item).encode(),
+        )
+    await producer.stop()
+    await publish(
+        settings,
+        decided(patient, Status.UNDER_TREATMENT),
+        decided(patient, Status.REFRACTORY_SUSPECTED, missing=[AssessmentPart.DIAGNOSTIC]),
+    )
+
+    for _ in range(100):
+        response = await coordinator.get(f"/v1/patients/{patient}/timeline", headers=auth("admin"))
+        if response.status_code == 200 and len(response.json()["determinations"]) == 2:
+            break
+        await asyncio.sleep(0.1)
+    timeline = response.json()
+
+    assert [(s["score"], s["instrument"]) for s in timeline["scores"]] == [(8, "nrs"), (6, "vas")]
+    [trial] = timeline["trials"]
+    assert (trial["trial_id"], trial["drug"], trial["stopped_at"]) == ("t1", "gabapentin", None)
+    assert [(d["daily_dose"], d["from"][:10]) for d in trial["doses"]] == [
+        (300, "2026-01-02"),
+        (900, "2026-01-09"),
+    ]
+    assert [(s["effect"], s["severity"]) for s in timeline["side_effects"]] == [
+        ("dizziness", "moderate")
+    ]
+    assert [d["status"] for d in timeline["determinations"]] == [
+        "under_treatment",
+        "refractory_suspected",
+    ]
+    assert (
+        await coordinator.get("/v1/patients/pt-nobody/timeline", headers=auth("admin"))
+    ).status_code == 404

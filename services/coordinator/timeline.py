@@ -1,0 +1,123 @@
+"""A patient's timeline for the dashboard: scores, trials with dose steps, side effects, statuses.
+
+Built with the classifier's own rules (`evidence.events_as_of` drops duplicates and retracted
+events; `trials.trial_histories` rebuilds each trial's dose steps), so the plot shows exactly
+the evidence the determinations were made from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+from services.classifier.evidence import events_as_of
+from services.classifier.policy import Policy
+from services.classifier.trials import trial_histories
+from shared.contract import Event, ScoreRecorded, SideEffectReported
+
+
+class ScorePoint(BaseModel):
+    time: datetime
+    score: float  # on the 0-10 scale
+    instrument: str
+
+
+class DoseStepView(BaseModel):
+    """The daily dose from `from` until the next step or the trial's end."""
+
+    start: datetime = Field(serialization_alias="from")
+    daily_dose: float
+    dose_unit: str
+
+
+class TrialBar(BaseModel):
+    trial_id: str
+    drug: str
+    started_at: datetime
+    stopped_at: datetime | None
+    stop_reason: str | None
+    outcome: str | None
+    doses: list[DoseStepView]
+
+
+class SideEffectMark(BaseModel):
+    time: datetime
+    effect: str
+    severity: str
+    intolerable: bool
+    trial_id: str | None
+    drug: str | None
+
+
+class StatusChange(BaseModel):
+    as_of: datetime
+    received_at: datetime
+    status: str
+    determination_id: str
+
+
+class Timeline(BaseModel):
+    patient_id: str
+    scores: list[ScorePoint]
+    trials: list[TrialBar]
+    side_effects: list[SideEffectMark]
+    determinations: list[StatusChange]
+
+
+def status_changes(determinations: Iterable[StatusChange]) -> list[StatusChange]:
+    """The determinations at which the status changed, in the order received."""
+    changes: list[StatusChange] = []
+    for determination in determinations:
+        if not changes or changes[-1].status != determination.status:
+            changes.append(determination)
+    return changes
+
+
+def build_timeline(
+    patient_id: str,
+    events: Sequence[Event],
+    policy: Policy,
+    as_of: datetime,
+    outcomes: dict[str, str],
+    determinations: Iterable[StatusChange],
+) -> Timeline:
+    """The timeline as of `as_of`; `outcomes`: the current determination's trial outcomes."""
+    evidence = events_as_of(events, as_of)
+    return Timeline(
+        patient_id=patient_id,
+        scores=[
+            ScorePoint(time=e.time, score=e.data.score_0_10, instrument=e.data.instrument.value)
+            for e in evidence
+            if isinstance(e, ScoreRecorded)
+        ],
+        trials=[
+            TrialBar(
+                trial_id=trial.trial_id,
+                drug=trial.name,
+                started_at=trial.started_at,
+                stopped_at=trial.stopped_at,
+                stop_reason=trial.stop_reason.value if trial.stop_reason else None,
+                outcome=outcomes.get(trial.trial_id),
+                doses=[
+                    DoseStepView(start=step.at, daily_dose=step.daily_dose, dose_unit=step.unit)
+                    for step in trial.doses
+                ],
+            )
+            for trial in trial_histories(evidence, as_of, policy)
+        ],
+        side_effects=[
+            SideEffectMark(
+                time=e.time,
+                effect=e.data.effect,
+                severity=e.data.severity.value,
+                intolerable=e.data.intolerable,
+                trial_id=e.data.trial_id,
+                drug=e.data.drug,
+            )
+            for e in evidence
+            if isinstance(e, SideEffectReported)
+        ],
+        determinations=status_changes(determinations),
+    )
