@@ -4,7 +4,8 @@
 folder (`PAINPATH_STATE_DIR`, default `.painpath/`): pids, logs, the database's data, and
 `stack.json` with the addresses and the local keys. `up` is idempotent: what already runs and
 answers is reused. The broker keeps topics in memory (Tansu's memory storage): a broker restart
-loses them, so `up` after a restart also means `painpath topics create` again.
+loses them, so `up` after a restart also means `painpath topics create` again, and empties the
+local database, which would otherwise describe events the new broker never saw.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ class LocalStack:
             bootstrap, pid = running.bootstrap_servers, running.broker_pid
         else:
             bootstrap, pid = self._start_broker()
-        database_url = self._start_postgres()
+        database_url = self._start_postgres(reset=running is None and previous is not None)
         host, port = bootstrap.rsplit(":", 1)
         deadline = time.monotonic() + timeout
         while not _answers(host, int(port)):
@@ -166,7 +167,13 @@ class LocalStack:
         (self.state_dir / "broker.pid").write_text(str(process.pid))
         return f"127.0.0.1:{port}", process.pid
 
-    def _start_postgres(self) -> str:
+    def _start_postgres(self, reset: bool) -> str:
+        """Start (or reuse) the database; `reset` empties it.
+
+        The local broker keeps its log in memory: when a new broker replaces an earlier one, every
+        event the database knows of is gone from Kafka, so the database is emptied too (the
+        gateway would otherwise answer "duplicate" for events the new broker never saw).
+        """
         import warnings
 
         with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
@@ -175,6 +182,11 @@ class LocalStack:
 
         # cleanup_mode=None: the server outlives this process until `down` stops it.
         server = pgserver.get_server(self.pgdata, cleanup_mode=None)
+        if reset:
+            server.psql("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+            log.warning(
+                "local_database_reset", reason="a new local broker started: its log is empty"
+            )
         return server.get_uri()
 
     def _pg_user(self) -> str | None:

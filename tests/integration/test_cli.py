@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 
@@ -44,6 +46,16 @@ def state_dir() -> Iterator[Path]:
         yield Path(folder)
 
 
+async def count_tables(database_url: str) -> int:
+    connection = await asyncpg.connect(database_url)
+    try:
+        return await connection.fetchval(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        )
+    finally:
+        await connection.close()
+
+
 def test_stack_up_is_idempotent_and_down_stops_it(state_dir: Path):
     env = os.environ | {
         "PAINPATH_STATE_DIR": str(state_dir),
@@ -72,6 +84,13 @@ def test_stack_up_is_idempotent_and_down_stops_it(state_dir: Path):
     assert down.returncode == 0, down.stderr
     assert stack.state() is None
     assert not (state_dir / "postgres" / "postmaster.pid").exists()
+
+    # A new broker has an empty log: the database that described the old one is emptied too.
+    again = run(["stack", "up"], env)
+    tables = asyncio.run(count_tables(stack.state().database_url))
+    run(["stack", "down"], env)
+    assert again.returncode == 0, again.stderr
+    assert tables == 0
 
 
 @pytest.fixture
