@@ -111,3 +111,41 @@ async def create_topics(
         return sorted(results, key=lambda result: result.name)
     finally:
         await admin.close()
+
+
+async def end_offsets(consumer, partitions: list) -> dict:
+    """Each partition's end offset (the offset the next record will get).
+
+    The local broker (Tansu 0.6) answers ListOffsets with the last *batch*'s base offset + 1,
+    short of the true end when that batch holds several records; the high watermark of a fetch
+    is right. So the last batch is fetched once and its high watermark taken. `consumer` must not
+    be subscribed: its assignment is replaced.
+    """
+    listed = await consumer.end_offsets(partitions)
+    consumer.assign(partitions)
+    for partition in partitions:
+        consumer.seek(partition, max(0, listed[partition] - 1))
+    for _ in range(50):
+        if all(consumer.highwater(partition) is not None for partition in partitions):
+            break
+        await consumer.getmany(*partitions, timeout_ms=100)
+    return {p: max(listed[p], consumer.highwater(p) or 0) for p in partitions}
+
+
+async def group_lag(settings: Settings, bootstrap_servers: str, group: str, topic: Topic) -> int:
+    """Records of `topic` the consumer group `group` has not committed yet (all partitions)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    # A consumer of the group that never joins it: it reads committed offsets and end offsets.
+    consumer = AIOKafkaConsumer(
+        **client_options(settings, bootstrap_servers), group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        name = topic.full_name(settings.kafka_topic_prefix)
+        partitions = [TopicPartition(name, p) for p in range(topic.partitions)]
+        committed = {tp: await consumer.committed(tp) or 0 for tp in partitions}
+        end = await end_offsets(consumer, partitions)
+        return sum(end[tp] - committed[tp] for tp in partitions)
+    finally:
+        await consumer.stop()

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from shared.kafka import create_topics
+from shared.kafka import create_topics, end_offsets
 from shared.logging import configure_logging
 from shared.settings import ApiKey, Settings
 from shared.stack import Endpoints, LocalStack, StackState
@@ -160,9 +160,12 @@ async def read_topic(settings: Settings, topic: Topic, expected: int, timeout: f
             for items in (await consumer.getmany(timeout_ms=200)).values():
                 records.extend(items)
             if len(records) >= expected:
-                end_offsets = await consumer.end_offsets(partitions)
-                if all([await consumer.position(tp) >= end_offsets[tp] for tp in partitions]):
+                positions = {tp: await consumer.position(tp) for tp in partitions}
+                end = await end_offsets(consumer, partitions)
+                if all(positions[tp] >= end[tp] for tp in partitions):
                     break
+                for tp in partitions:  # end_offsets moved the consumer: carry on from here
+                    consumer.seek(tp, positions[tp])
         return records
     finally:
         await consumer.stop()

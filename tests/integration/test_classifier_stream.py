@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from painpath.simulate import simulate
 from services.classifier.offline import read_histories
@@ -28,6 +28,7 @@ from services.classifier.rules import evaluate
 from services.classifier.stream import GROUP
 from shared import dead_letter
 from shared.contract import ContractViolation, parse_event
+from shared.kafka import group_lag
 from shared.topics import DETERMINATIONS, EVENTS, EVENTS_DLQ
 from tests.conftest import ARTIFACTS, read_topic, remember_patient_ids
 from tests.integration.test_cli import free_port
@@ -126,27 +127,12 @@ async def produce(settings, records: list[tuple[bytes | None, bytes]]) -> None:
 
 async def wait_until_consumed(settings, timeout: float = 240) -> None:
     """Until the classifier group has committed every offset of the input topic."""
-    topic = EVENTS.full_name(settings.kafka_topic_prefix)
-    # A consumer of the workers' group that never joins it: it only reads committed offsets.
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        group_id=f"{settings.kafka_topic_prefix}{GROUP}",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(topic, p) for p in range(EVENTS.partitions)]
-        end = await consumer.end_offsets(partitions)
-        deadline = time.monotonic() + timeout
-        while True:
-            committed = {tp: await consumer.committed(tp) or 0 for tp in partitions}
-            behind = sum(end[tp] - committed[tp] for tp in partitions)
-            if behind <= 0:
-                return
-            assert time.monotonic() < deadline, f"{behind} events still not consumed"
-            await asyncio.sleep(0.5)
-    finally:
-        await consumer.stop()
+    group = f"{settings.kafka_topic_prefix}{GROUP}"
+    deadline = time.monotonic() + timeout
+    while behind := await group_lag(settings, settings.kafka_bootstrap_servers, group, EVENTS):
+        assert behind > 0, "committed past the end: the end offsets are wrong"
+        assert time.monotonic() < deadline, f"{behind} events still not consumed"
+        await asyncio.sleep(0.5)
 
 
 def as_records(lines: list[str]) -> list[tuple[bytes | None, bytes]]:
