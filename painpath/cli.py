@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
@@ -112,10 +112,33 @@ def gateway(
 
 
 @app.command()
+def simulate(
+    patients: int = typer.Option(200, min=1),
+    seed: int = typer.Option(1),
+    out: Path = typer.Option(..., dir_okay=False, help="The JSON-lines file to write"),
+    as_of: datetime = typer.Option(
+        "2026-06-30T00:00:00+00:00", "--as-of", help="Every history ends before this instant"
+    ),
+) -> None:
+    """Write a reproducible simulated hospital feed (CloudEvents, JSON lines)."""
+    from painpath.simulate import write_feed
+
+    if as_of.tzinfo is None:
+        raise typer.BadParameter("--as-of needs an offset, e.g. 2026-06-30T00:00:00Z")
+    stats = write_feed(out, patients, seed, as_of=as_of)
+    typer.echo(
+        f"{stats.events} events for {stats.patients} patients: {stats.duplicates} duplicates,"
+        f" {stats.retractions} retractions, {stats.late} late, {stats.invalid} invalid -> {out}"
+    )
+
+
+@app.command()
 def run(
     classifiers: int = typer.Option(2, min=1, help="Classifier workers to start"),
+    patients: int = typer.Option(200, min=0, help="Patients in the replayed feed (0: no replay)"),
+    seed: int = typer.Option(1, help="The simulated feed's seed"),
 ) -> None:
-    """Run the whole system locally: the gateway, the classifier workers and the coordinator."""
+    """Run the whole system locally, replay a simulated hospital feed, and keep running."""
     from painpath.run import Service, run_services
     from shared.db import migrate
     from shared.kafka import create_topics
@@ -141,7 +164,65 @@ def run(
         )
     typer.echo(f"gateway      {gateway}  (API key: painpath stack key)")
     typer.echo(f"coordinator  {coordinator}  (token: painpath stack key --admin)")
-    raise typer.Exit(run_services(services, typer.echo))
+
+    def replay() -> None:
+        if patients:
+            _replay(settings, endpoints, gateway, coordinator, patients, seed)
+
+    log_dir = settings.painpath_state_dir / "logs"
+    raise typer.Exit(run_services(services, typer.echo, log_dir, replay))
+
+
+def _replay(settings, endpoints, gateway: str, coordinator: str, patients: int, seed: int) -> None:
+    """Replay a simulated feed through the gateway, wait until it settled, print the summary."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from painpath.publish import publish_file
+    from painpath.simulate import write_feed
+    from painpath.summary import summarize, wait_until_settled
+
+    # The feed ends today (UTC midnight), so that statuses as of now are the ones it implies.
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    feed = settings.painpath_state_dir / f"feed-{patients}-{seed}-{today:%Y%m%d}.jsonl"
+    if not feed.exists():
+        write_feed(feed, patients, seed, as_of=today)
+    local_key = next(key.key.get_secret_value() for key in endpoints.api_keys)
+    published = publish_file(feed, gateway, local_key)
+    typer.echo("waiting for the classifier and the coordinator to catch up ...")
+    waited = asyncio.run(
+        wait_until_settled(settings, endpoints.bootstrap_servers, endpoints.database_url)
+    )
+    summary = asyncio.run(summarize(endpoints.database_url))
+    console = Console()
+    console.print(
+        f"\nfeed: {feed}  accepted {published.accepted}, duplicate {published.duplicate},"
+        f" rejected {published.rejected} (settled {waited:.0f} s after the last batch)"
+    )
+    for reason in published.first_reasons[:3]:
+        console.print(f"  {reason}")
+    statuses = Table(title="patients by status")
+    statuses.add_column("status")
+    statuses.add_column("patients", justify="right")
+    for status, count in summary.patients_by_status.items():
+        statuses.add_row(status, str(count))
+    console.print(statuses)
+    tasks = Table(title="tasks by role and state")
+    states = sorted({state for _, state in summary.tasks_by_role_and_state})
+    tasks.add_column("role")
+    for state in states:
+        tasks.add_column(state, justify="right")
+    for role in sorted({role for role, _ in summary.tasks_by_role_and_state}):
+        tasks.add_row(
+            role, *(str(summary.tasks_by_role_and_state.get((role, s), 0)) for s in states)
+        )
+    console.print(tasks)
+    if summary.slowest_event_to_task_seconds is not None:
+        console.print(
+            f"slowest event-to-task latency: {summary.slowest_event_to_task_seconds:.2f} s"
+            " (from the gateway's acceptance to the task, during the replay's burst)"
+        )
+    console.print(f"dashboard: {coordinator}/dashboard  (token: painpath stack key --admin)")
 
 
 @app.command()

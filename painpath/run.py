@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 
@@ -26,10 +27,13 @@ class Service:
     process: subprocess.Popen | None = None
 
 
-def _start(service: Service) -> None:
+def _start(service: Service, log_dir: Path) -> None:
+    log = (log_dir / f"{service.name}.log").open("ab")
     service.process = subprocess.Popen(
         [sys.executable, "-m", "painpath", *service.args],
         stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
         start_new_session=True,  # Ctrl-C reaches us only; we stop the children in order
     )
 
@@ -39,7 +43,9 @@ def _wait_ready(services: list[Service], timeout: float = 90.0) -> None:
     for service in services:
         while True:
             if service.process.poll() is not None:
-                raise RuntimeError(f"{service.name} exited at start ({service.process.returncode})")
+                raise RuntimeError(
+                    f"{service.name} exited at start ({service.process.returncode}): see its log"
+                )
             try:
                 if httpx.get(service.ready_url, timeout=1).status_code == 200:
                     break
@@ -65,21 +71,31 @@ def _stop(services: list[Service]) -> None:
             service.process.wait()
 
 
-def run_services(services: list[Service], echo) -> int:
-    """Start, wait until ready, watch; returns the exit status for the command."""
+def run_services(services: list[Service], echo, log_dir: Path, when_ready=None) -> int:
+    """Start, wait until ready, run `when_ready`, watch; returns the exit status.
+
+    Each service logs to `log_dir/<name>.log`. Ctrl-C at any point stops every service started
+    (during `when_ready` as a KeyboardInterrupt).
+    """
     stopping = False
 
     def request_stop(signum, frame) -> None:
         nonlocal stopping
         stopping = True
 
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        log_dir.mkdir(parents=True, exist_ok=True)
         for service in services:
-            _start(service)
+            _start(service, log_dir)
         _wait_ready(services)
+        echo(f"logs   {log_dir}/<service>.log")
         for service in services:
             echo(f"ready  {service.name:<14} {service.ready_url}")
+        if when_ready is not None:
+            when_ready()
+        for sig in previous:
+            signal.signal(sig, request_stop)
         echo("running: Ctrl-C stops every service")
         while not stopping:
             for service in services:
@@ -88,6 +104,8 @@ def run_services(services: list[Service], echo) -> int:
                     return 1
             time.sleep(0.5)
         return 0
+    except KeyboardInterrupt:
+        return 130
     finally:
         _stop(services)
         for sig, handler in previous.items():

@@ -183,7 +183,10 @@ class LocalStack:
         # cleanup_mode=None: the server outlives this process until `down` stops it.
         server = pgserver.get_server(self.pgdata, cleanup_mode=None)
         if reset:
-            server.psql("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+            server.psql(
+                "SET client_min_messages = warning; DROP SCHEMA public CASCADE;"
+                " CREATE SCHEMA public;"
+            )
             log.warning(
                 "local_database_reset", reason="a new local broker started: its log is empty"
             )

@@ -183,7 +183,8 @@ class Coordinator:
                 await store.save_change(
                     connection, cancelled, "cancelled", SYSTEM_ACTOR, reason, task.state
                 )
-            await self._reschedule(connection, patient_id, today)
+            if not change.empty:  # most determinations change no plan: nothing to reschedule
+                await self._reschedule(connection, patient_id, today)
         return True
 
     async def act(
