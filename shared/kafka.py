@@ -72,7 +72,6 @@ async def create_topics(
     settings: Settings,
     bootstrap_servers: str,
     topics: tuple[Topic, ...] = CATALOG,
-    replication_factor: int = 1,
 ) -> list[TopicResult]:
     """Create the catalog's topics; topics that exist are checked, never changed.
 
@@ -86,7 +85,10 @@ async def create_topics(
         response = await admin.create_topics(
             [
                 NewTopic(
-                    name, topic.partitions, replication_factor, topic_configs=topic.topic_configs()
+                    name,
+                    topic.partitions,
+                    settings.kafka_replication_factor,
+                    topic_configs=topic.topic_configs(),
                 )
                 for name, topic in names.items()
             ]

@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     kafka_ssl_certfile: Path | None = None
     kafka_ssl_keyfile: Path | None = None
     kafka_topic_prefix: str = ""
+    kafka_replication_factor: int = Field(default=1, ge=1)
     kafka_request_timeout_ms: int = Field(default=30_000, gt=0)
 
     # PostgreSQL

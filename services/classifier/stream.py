@@ -240,6 +240,7 @@ def create_app(
         store="memory://",
         datadir=str(datadir),
         topic_partitions=EVENTS.partitions,
+        topic_replication_factor=settings.kafka_replication_factor,
         table_standby_replicas=0,
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=settings.classifier_session_timeout_seconds,
