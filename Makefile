@@ -4,9 +4,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
+CHROMIUM := /usr/bin/chromium
+
 .PHONY: install run test test-unit lint contract lock stack-up stack-down clean
 
 install: $(STAMP)
+
+# The dashboard's tests drive Debian's Chromium (Playwright's own browser download cannot work here).
+$(CHROMIUM):
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +29,7 @@ run: install
 	$(BIN)/painpath run --classifiers 2
 
 ## The whole suite: unit tests, then integration tests against a real broker and database.
-test: install
+test: install $(CHROMIUM)
 	$(BIN)/painpath contract export --check
 	$(BIN)/pytest
 

@@ -26,6 +26,7 @@ from prometheus_client import (
 from services.coordinator.api import create_router
 from services.coordinator.care_plan import TaskState
 from services.coordinator.consumer import RecordConsumer
+from services.coordinator.dashboard import dashboard_router
 from services.coordinator.relay import OutboxNotifier, OutboxRelay
 from services.coordinator.scheduling import Roster
 from services.coordinator.service import Coordinator
@@ -165,6 +166,7 @@ def create_app(
     )
 
     app.include_router(create_router(coordinator, notifier, endpoints.coordinator_tokens))
+    app.include_router(dashboard_router())
 
     @app.middleware("http")
     async def observe(request: Request, call_next):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
+import compose_spec
 import pytest
 import yaml
 from typer.main import get_command
@@ -19,6 +21,17 @@ PAINPATH_SERVICES = {
     for name, service in COMPOSE["services"].items()
     if service.get("image") == "painpath:latest"
 }
+
+
+def test_the_compose_file_is_valid_under_the_compose_specification():
+    # YAML anchors and merge keys resolved first, as `docker compose config` does.
+    compose_spec.PyCompose.from_json(json.dumps(COMPOSE))
+
+
+def test_every_dependency_names_a_service():
+    services = COMPOSE["services"]
+    for name, service in services.items():
+        assert set(service.get("depends_on", {})) <= set(services) - {name}
 
 
 def test_every_painpath_service_is_built_from_the_one_dockerfile():
