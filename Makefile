@@ -22,10 +22,9 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/pip install --quiet --no-deps --editable .
 	touch $@
 
-## The local stack (Tansu broker + embedded PostgreSQL), topics, schema, the gateway and two
-## classifier workers, until Ctrl-C.
+## The local stack (Tansu broker + embedded PostgreSQL), topics, schema, the gateway, two
+## classifier workers and the coordinator; a simulated feed replayed; running until Ctrl-C.
 run: install
-	$(BIN)/painpath stack up
 	$(BIN)/painpath run --classifiers 2
 
 ## The whole suite: unit tests, then integration tests against a real broker and database.

@@ -144,6 +144,8 @@ def run(
     from shared.kafka import create_topics
 
     settings = _settings()
+    stack = LocalStack(settings.painpath_state_dir, settings.painpath_broker_port)
+    stack_was_running = stack.state() is not None
     endpoints = resolve_endpoints(settings)
     asyncio.run(create_topics(settings, endpoints.bootstrap_servers))
     asyncio.run(migrate(endpoints.database_url))
@@ -170,7 +172,11 @@ def run(
             _replay(settings, endpoints, gateway, coordinator, patients, seed)
 
     log_dir = settings.painpath_state_dir / "logs"
-    raise typer.Exit(run_services(services, typer.echo, log_dir, replay))
+    status = run_services(services, typer.echo, log_dir, replay)
+    if endpoints.local and not stack_was_running:  # we started it: we stop it
+        stack.down()
+        typer.echo("stopped the local broker and PostgreSQL")
+    raise typer.Exit(status)
 
 
 def _replay(settings, endpoints, gateway: str, coordinator: str, patients: int, seed: int) -> None:
