@@ -1,0 +1,73 @@
+"""`painpath run` (what `make run` calls), as a user runs it: replay, summary, Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from shared.stack import LocalStack, _alive, _answers
+from tests.integration.test_cli import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def test_run_replays_a_feed_prints_the_summary_and_stops_everything_on_ctrl_c():
+    with tempfile.TemporaryDirectory(prefix="painpath-test-run-") as folder:
+        state_dir = Path(folder)
+        classifier_port = free_port()
+        env = os.environ | {
+            "PAINPATH_STATE_DIR": str(state_dir),
+            "PAINPATH_BROKER_PORT": str(free_port()),
+            "GATEWAY_PORT": str(free_port()),
+            "COORDINATOR_PORT": str(free_port()),
+            "CLASSIFIER_PORT": str(classifier_port),
+            "CLASSIFIER_SESSION_TIMEOUT_SECONDS": "6",
+            "COORDINATOR_SESSION_TIMEOUT_SECONDS": "6",
+        }
+        for name in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "GATEWAY_API_KEYS"):
+            env.pop(name, None)
+        assert free_port() != classifier_port + 1  # the second worker's port is free enough
+        run = subprocess.Popen(
+            [sys.executable, "-m", "painpath", "run", "--patients", "30", "--seed", "4"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        lines = []
+        deadline = time.monotonic() + 240
+        for line in run.stdout:
+            lines.append(line)
+            if "running: Ctrl-C stops every service" in line:
+                break
+            assert time.monotonic() < deadline, "".join(lines[-20:])
+        broker_pid = LocalStack(state_dir).state().broker_pid
+
+        run.send_signal(signal.SIGINT)
+        rest = run.stdout.read()
+        status = run.wait(timeout=60)
+        output = "".join(lines) + rest
+
+    assert status == 0, output[-3000:]
+    for expected in (
+        "publishing",
+        "patients by status",
+        "tasks by role and state",
+        "slowest event-to-task latency",
+        "dashboard: http://127.0.0.1:",
+        "stopped the local broker and PostgreSQL",
+    ):
+        assert expected in output, expected
+    assert "rejected 0" not in output  # the feed's invalid lines were refused, and said so
+    assert not _alive(broker_pid)
+    service_ports = [classifier_port, classifier_port + 1] + [
+        int(env[name]) for name in ("GATEWAY_PORT", "COORDINATOR_PORT", "PAINPATH_BROKER_PORT")
+    ]
+    assert [port for port in service_ports if _answers("127.0.0.1", port)] == []
