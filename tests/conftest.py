@@ -1,7 +1,7 @@
 """Fixtures: one real broker and one real PostgreSQL per test session, through `LocalStack`.
 
 Each test gets its own topics (a unique topic prefix) and its own database, so tests never see
-each other's data. Every log line of the run goes to `test-artifacts/test-run.log`; at the end
+each other's data. Every log line of the run goes to `test-artifacts/test-run-<pid>.log`; at the end
 of the session it is searched for every patient id the tests sent, and any hit fails the run.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -26,7 +27,8 @@ from shared.stack import Endpoints, LocalStack, StackState
 from shared.topics import Topic
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-RUN_LOG = ARTIFACTS / "test-run.log"
+# One file per test session: two sessions on one machine must not write into each other's log.
+RUN_LOG = ARTIFACTS / f"test-run-{os.getpid()}.log"
 SENT_PATIENT_IDS: set[str] = set()
 
 API_KEY = "test-key-st-olaf"

@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import faust
+import structlog
 from aiokafka.partitioner import murmur2
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -40,7 +41,7 @@ from services.classifier.determination import Determination, Status
 from services.classifier.history import CONFLICT_REASON, Admission, PatientHistory
 from services.classifier.policy import Policy
 from services.classifier.rules import evaluate
-from shared import dead_letter
+from shared import dead_letter, tracing
 from shared.contract import ContractViolation, parse_event
 from shared.logging import get_logger
 from shared.settings import Settings
@@ -153,6 +154,9 @@ class Classifier:
         return history
 
     async def handle(self, message: faust.types.Message) -> None:
+        traceparent = tracing.continue_trace(tracing.from_headers(message.headers))
+        structlog.contextvars.clear_contextvars()
+        tracing.bind(traceparent)
         try:
             text = message.value.decode("utf-8")
             event = parse_event(text)
@@ -174,18 +178,22 @@ class Classifier:
             return
         self.metrics.events.labels(admission.value).inc()
         if admission is Admission.NEW:
-            await self.decide(message.key, history)
+            await self.decide(message.key, history, traceparent)
             self.metrics.latency.observe(max(0.0, time.time() - message.timestamp))
 
-    async def decide(self, key: bytes, history: PatientHistory) -> Determination:
+    async def decide(self, key: bytes, history: PatientHistory, traceparent: str) -> Determination:
         """Re-decide one patient now; publish and remember the determination if it changed."""
         determination = evaluate(history.events, self.policy, self.clock())
         if determination.determination_id != history.published:
             await self.determinations.send(
                 key=key,
                 value=determination.model_dump_json().encode(),
-                headers=[("content-type", b"application/json")],
+                headers=[
+                    ("content-type", b"application/json"),
+                    (tracing.TRACEPARENT, traceparent.encode()),
+                ],
             )
+            log.debug("determination_published", status=determination.status.value)
             history.published = determination.determination_id
             self.metrics.determinations.labels(determination.status.value).inc()
         self.table[key] = history.to_record()
@@ -219,7 +227,8 @@ class Classifier:
         for key in list(self.table.keys()):
             if partition_of(key, partitions) not in active_partitions:
                 continue  # left behind by a partition this worker no longer owns
-            await self.decide(key, self.history(key))
+            # Time passing is a cause of its own: a new trace.
+            await self.decide(key, self.history(key), tracing.continue_trace(None))
             done += 1
             if done % YIELD_EVERY == 0:
                 await asyncio.sleep(0)

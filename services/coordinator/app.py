@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
 from typing import Any
 
+import structlog
 from aiokafka import AIOKafkaConsumer
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -31,6 +32,7 @@ from services.coordinator.relay import OutboxNotifier, OutboxRelay
 from services.coordinator.scheduling import Roster
 from services.coordinator.service import Coordinator
 from services.coordinator.templates import PlanTemplates
+from shared import tracing
 from shared.db import create_pool, migrate
 from shared.kafka import client_options, reliable_producer
 from shared.logging import get_logger
@@ -170,9 +172,13 @@ def create_app(
 
     @app.middleware("http")
     async def observe(request: Request, call_next):
+        structlog.contextvars.clear_contextvars()
+        traceparent = tracing.continue_trace(request.headers.get(tracing.TRACEPARENT))
+        tracing.bind(traceparent)
         started = time.perf_counter()
         response = await call_next(request)
         route = getattr(request.scope.get("route"), "path", "unmatched")
+        response.headers[tracing.TRACEPARENT] = traceparent
         log.info(
             "request",
             method=request.method,

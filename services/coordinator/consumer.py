@@ -14,8 +14,10 @@ from collections.abc import Awaitable, Callable
 from enum import Enum
 
 import asyncpg
+import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
+from shared import tracing
 from shared.logging import get_logger
 
 log = get_logger("painpath.coordinator.consumer")
@@ -61,6 +63,8 @@ class RecordConsumer:
             self.last_progress = time.monotonic()
 
     async def _handle(self, record: ConsumerRecord) -> Outcome:
+        structlog.contextvars.clear_contextvars()
+        tracing.bind(tracing.continue_trace(tracing.from_headers(record.headers)))
         delay = 0.5
         while True:
             try:

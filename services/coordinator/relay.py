@@ -102,7 +102,7 @@ class OutboxRelay:
     async def publish_pending(self) -> int:
         """Publish the oldest unpublished changes (one batch); return how many."""
         rows = await self._pool.fetch(
-            """SELECT sequence, patient_id, payload FROM outbox
+            """SELECT sequence, patient_id, payload, traceparent FROM outbox
                WHERE published_at IS NULL ORDER BY sequence LIMIT $1""",
             BATCH,
         )
@@ -116,6 +116,7 @@ class OutboxRelay:
                 headers=[
                     ("content-type", b"application/json"),
                     ("sequence", str(row["sequence"]).encode()),
+                    *([("traceparent", row["traceparent"].encode())] if row["traceparent"] else []),
                 ],
             )
             for row in rows

@@ -185,6 +185,12 @@ class Coordinator:
                 )
             if not change.empty:  # most determinations change no plan: nothing to reschedule
                 await self._reschedule(connection, patient_id, today)
+                log.info(
+                    "plan_changed",
+                    patient_id=patient_id,  # pseudonymised by the log filter
+                    added=len(change.add),
+                    cancelled=len(change.cancel),
+                )
         return True
 
     async def act(

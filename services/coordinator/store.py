@@ -15,6 +15,8 @@ from uuid import UUID
 import asyncpg
 from pydantic import BaseModel
 
+from shared import tracing
+
 SYSTEM_ACTOR = "coordinator"
 # Taken in every transaction that changes tasks: plans and schedules change one at a time, so
 # that team capacity is never double-booked by two concurrent changes.
@@ -185,8 +187,8 @@ async def save_change(
     )
     await connection.execute(
         """INSERT INTO outbox (sequence, patient_id, patient_sequence, task_id, role, change,
-                               payload)
-           VALUES ($1, $2, $3, $4, $5, $6, $7)""",
+                               payload, traceparent)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
         sequence,
         task.patient_id,
         patient_sequence,
@@ -194,6 +196,7 @@ async def save_change(
         task.role,
         change,
         entry.model_dump_json(),
+        tracing.current(),
     )
     await connection.execute("SELECT pg_notify('painpath_outbox', $1)", str(sequence))
     return entry

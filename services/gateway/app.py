@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import re
-import secrets
 import time
 from contextlib import asynccontextmanager, suppress
 from typing import Any
@@ -37,6 +35,7 @@ from services.gateway.ingest import (
     Outcome,
     PublishFailed,
 )
+from shared import tracing
 from shared.contract import EVENT_MODELS
 from shared.db import create_pool, migrate
 from shared.kafka import reliable_producer
@@ -53,7 +52,6 @@ ACCEPTED_MEDIA_TYPES = (
     "application/cloudevents+json",
     "application/cloudevents-batch+json",
 )
-TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 READINESS_TIMEOUT = 3.0
 RETENTION_SWEEP_SECONDS = 3600
 
@@ -121,13 +119,6 @@ def _find_key(presented: str | None, keys: list[ApiKey]) -> ApiKey | None:
     return found
 
 
-def _traceparent(header: str | None) -> tuple[str, str]:
-    """Continue the caller's W3C trace, or start one: (trace id, our traceparent)."""
-    match = TRACEPARENT.match(header or "")
-    trace_id = match.group(1) if match and set(match.group(1)) != {"0"} else secrets.token_hex(16)
-    return trace_id, f"00-{trace_id}-{secrets.token_hex(8)}-01"
-
-
 def _request_body_schema() -> tuple[dict[str, Any], dict[str, Any]]:
     """The events' JSON Schemas as the request body, and the definitions they refer to."""
     _, definitions = models_json_schema(
@@ -185,10 +176,10 @@ def create_app(settings: Settings, endpoints: Endpoints) -> FastAPI:
 
     @app.middleware("http")
     async def observe(request: Request, call_next):
-        trace_id, traceparent = _traceparent(request.headers.get("traceparent"))
+        traceparent = tracing.continue_trace(request.headers.get(tracing.TRACEPARENT))
         request.state.traceparent = traceparent
         structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(trace_id=trace_id)
+        tracing.bind(traceparent)
         started = time.perf_counter()
         response = await call_next(request)
         route = request.scope.get("route")
