@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     coordinator_session_timeout_seconds: float = Field(default=10, gt=0)
     coordinator_fetch_wait_ms: int = Field(default=50, ge=0)
 
+    # Every consumer: not ready when records wait but none was processed for this long
+    progress_watchdog_seconds: float = Field(default=60, gt=0)
+
     # Logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_pseudonym_key: SecretStr | None = None

@@ -33,6 +33,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -44,6 +45,7 @@ from services.classifier.rules import evaluate
 from shared import dead_letter, tracing
 from shared.contract import ContractViolation, parse_event
 from shared.logging import get_logger
+from shared.progress import Progress
 from shared.settings import Settings
 from shared.stack import Endpoints
 from shared.topics import DETERMINATIONS, EVENTS, EVENTS_DLQ
@@ -79,6 +81,12 @@ class Metrics:
             "painpath_classifier_processing_seconds",
             "From the record's broker timestamp to its determination being decided",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=self.registry,
+        )
+        self.lag = Gauge(
+            "painpath_classifier_consumer_lag",
+            "Input records not yet processed, by partition of pain.events.v1",
+            ["partition"],
             registry=self.registry,
         )
         self.reevaluations = Counter(
@@ -127,6 +135,7 @@ class Classifier:
         clock: Callable[[], datetime],
         metrics: Metrics,
         cache_size: int,
+        progress: Progress,
     ):
         self.policy = policy
         self.table = table
@@ -135,11 +144,13 @@ class Classifier:
         self.clock = clock
         self.metrics = metrics
         self.cache_size = cache_size
+        self.progress = progress
         self._cache: OrderedDict[bytes, PatientHistory] = OrderedDict()
 
     def forget_cache(self) -> None:
         """Called on every rebalance: another worker may have changed what was cached."""
         self._cache.clear()
+        self.progress.forget()
 
     def history(self, key: bytes) -> PatientHistory:
         history = self._cache.get(key)
@@ -154,6 +165,10 @@ class Classifier:
         return history
 
     async def handle(self, message: faust.types.Message) -> None:
+        await self._handle(message)
+        self.progress.processed(message.partition, message.offset)
+
+    async def _handle(self, message: faust.types.Message) -> None:
         traceparent = tracing.continue_trace(tracing.from_headers(message.headers))
         structlog.contextvars.clear_contextvars()
         tracing.bind(traceparent)
@@ -290,7 +305,21 @@ def create_app(
         clock=(lambda: fixed) if fixed else (lambda: datetime.now(UTC)),
         metrics=metrics,
         cache_size=settings.classifier_cache_patients,
+        progress=Progress(settings.progress_watchdog_seconds),
     )
+
+    async def lag() -> dict[int, int]:
+        lags = {}
+        for partition in app.consumer.assignment():
+            if partition.topic != events_name:
+                continue
+            highwater = app.consumer.highwater(partition)
+            position = await app.consumer.position(partition)
+            if highwater is not None and position is not None:
+                lags[partition.partition] = classifier.progress.lag(
+                    partition.partition, highwater, position
+                )
+        return lags
 
     @app.agent(events, name="classify")
     async def classify(stream):
@@ -316,12 +345,21 @@ def create_app(
     async def readyz(web, request):
         assigned = bool(app.consumer.assignment()) if app.consumer else False
         recovered = app.tables.recovery.completed.is_set()
-        ready = assigned and recovered
-        checks = {"partitions_assigned": assigned, "state_recovered": recovered}
+        waiting = sum((await lag()).values()) if assigned else 0
+        progressing = not classifier.progress.stalled(waiting)
+        ready = assigned and recovered and progressing
+        checks = {
+            "partitions_assigned": assigned,
+            "state_recovered": recovered,
+            "progressing": progressing,
+            "lag": waiting,
+        }
         return web.json({"ready": ready, "checks": checks}, status=200 if ready else 503)
 
     @app.page("/metrics")
     async def prometheus(web, request):
+        for partition, waiting in (await lag()).items():
+            metrics.lag.labels(str(partition)).set(waiting)
         # aiohttp takes the charset apart from the media type
         media_type = CONTENT_TYPE_LATEST.split(";")[0]
         return web.bytes(generate_latest(metrics.registry), content_type=media_type)

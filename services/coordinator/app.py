@@ -21,6 +21,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    Histogram,
     generate_latest,
 )
 
@@ -36,6 +37,7 @@ from shared import tracing
 from shared.db import create_pool, migrate
 from shared.kafka import client_options, reliable_producer
 from shared.logging import get_logger
+from shared.progress import Progress
 from shared.settings import Settings
 from shared.stack import Endpoints
 from shared.topics import CARE_TASKS, DETERMINATIONS, EVENTS
@@ -73,11 +75,43 @@ class Metrics:
             "Task changes written but not yet published to care.tasks.v1",
             registry=self.registry,
         )
+        self.lag = Gauge(
+            "painpath_coordinator_consumer_lag",
+            "Records not yet processed, by consumer and partition",
+            ["consumer", "partition"],
+            registry=self.registry,
+        )
+        self.processing = Histogram(
+            "painpath_coordinator_processing_seconds",
+            "From a record's broker timestamp to its being applied, by consumer",
+            ["consumer"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=self.registry,
+        )
+        self.retries = Gauge(
+            "painpath_coordinator_database_retries",
+            "Times a record was retried because the database did not answer, by consumer",
+            ["consumer"],
+            registry=self.registry,
+        )
+        for consumer in ("determinations", "events"):
+            self.processing.labels(consumer)
+            self.retries.labels(consumer)
         self.published = Gauge(
             "painpath_coordinator_outbox_published",
             "Task changes published by this instance's relay since start",
             registry=self.registry,
         )
+
+
+def _observer(metrics: Metrics, name: str):
+    counter = metrics.determinations if name == "determinations" else metrics.events
+
+    def observe(outcome, seconds: float) -> None:
+        counter.labels(outcome.value).inc()
+        metrics.processing.labels(name).observe(seconds)
+
+    return observe
 
 
 def create_app(
@@ -121,17 +155,16 @@ def create_app(
             await consumer.start()
         consumers = [
             RecordConsumer(
-                "determinations",
-                kafka_consumers[0],
-                coordinator.determination_record,
-                lambda outcome: metrics.determinations.labels(outcome.value).inc(),
-            ),
-            RecordConsumer(
-                "events",
-                kafka_consumers[1],
-                coordinator.event_record,
-                lambda outcome: metrics.events.labels(outcome.value).inc(),
-            ),
+                name,
+                kafka_consumer,
+                apply,
+                Progress(settings.progress_watchdog_seconds),
+                _observer(metrics, name),
+            )
+            for name, kafka_consumer, apply in (
+                ("determinations", kafka_consumers[0], coordinator.determination_record),
+                ("events", kafka_consumers[1], coordinator.event_record),
+            )
         ]
         relay = OutboxRelay(
             endpoints.database_url, pool, producer, CARE_TASKS.full_name(prefix), notifier
@@ -201,10 +234,16 @@ def create_app(
         except Exception as exc:  # what failed is the answer, not an error of ours
             checks["database"] = f"failing: {type(exc).__name__}"
         for consumer in state["consumers"]:
+            lag = sum((await consumer.lag()).values())
             if not consumer.assigned:
                 checks[consumer.name] = "failing: no partitions assigned"
             elif not consumer.database_ok:
                 checks[consumer.name] = "failing: waiting for the database"
+            elif consumer.progress.stalled(lag):
+                idle = consumer.progress.idle_seconds()
+                checks[consumer.name] = (
+                    f"failing: {lag} records wait, none processed for {idle:.0f} s"
+                )
         for task in state["tasks"]:
             if task.done():
                 checks[task.get_name()] = "failing: stopped"
@@ -221,6 +260,10 @@ def create_app(
             await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
         )
         metrics.published.set(state["relay"].published)
+        for consumer in state["consumers"]:
+            metrics.retries.labels(consumer.name).set(consumer.retries)
+            for partition, lag in (await consumer.lag()).items():
+                metrics.lag.labels(consumer.name, str(partition)).set(lag)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
 from shared import tracing
 from shared.logging import get_logger
+from shared.progress import Progress
 
 log = get_logger("painpath.coordinator.consumer")
 
@@ -41,26 +42,47 @@ Apply = Callable[[ConsumerRecord], Awaitable[Outcome]]
 
 
 class RecordConsumer:
-    def __init__(self, name: str, consumer: AIOKafkaConsumer, apply: Apply, on_outcome=None):
+    def __init__(
+        self,
+        name: str,
+        consumer: AIOKafkaConsumer,
+        apply: Apply,
+        progress: Progress,
+        on_outcome: Callable[[Outcome, float], None] | None = None,
+    ):
         self.name = name
         self._consumer = consumer
         self._apply = apply
-        self._on_outcome = on_outcome or (lambda outcome: None)
-        self.last_progress = time.monotonic()
+        self.progress = progress
+        self._on_outcome = on_outcome or (lambda outcome, seconds: None)
         self.database_ok = True
+        self.retries = 0
 
     @property
     def assigned(self) -> bool:
         return bool(self._consumer.assignment())
+
+    async def lag(self) -> dict[int, int]:
+        """Records not yet processed, per assigned partition (once a fetch told its end)."""
+        lags = {}
+        for partition in self._consumer.assignment():
+            highwater = self._consumer.highwater(partition)
+            if highwater is not None:
+                position = await self._consumer.position(partition)
+                lags[partition.partition] = self.progress.lag(
+                    partition.partition, highwater, position
+                )
+        return lags
 
     async def run(self) -> None:
         while True:
             batch = await self._consumer.getmany(timeout_ms=1000, max_records=500)
             for partition, records in batch.items():
                 for record in records:
-                    self._on_outcome(await self._handle(record))
+                    outcome = await self._handle(record)
+                    self.progress.processed(record.partition, record.offset)
+                    self._on_outcome(outcome, max(0.0, time.time() - record.timestamp / 1000))
                 await self._consumer.commit({partition: records[-1].offset + 1})
-            self.last_progress = time.monotonic()
 
     async def _handle(self, record: ConsumerRecord) -> Outcome:
         structlog.contextvars.clear_contextvars()
@@ -73,6 +95,7 @@ class RecordConsumer:
                 return outcome
             except DATABASE_DOWN:
                 self.database_ok = False
+                self.retries += 1
                 log.warning("database_unavailable_retrying", consumer=self.name, delay_s=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF)

@@ -22,6 +22,7 @@ from services.coordinator.service import Coordinator
 from services.coordinator.templates import load_templates
 from shared.contract import Classification
 from shared.db import migrate
+from shared.progress import Progress
 from shared.settings import ApiToken
 from shared.topics import CARE_TASKS, DETERMINATIONS
 from tests.conftest import read_topic
@@ -187,7 +188,7 @@ async def test_a_crash_between_database_commit_and_offset_commit_leaves_no_dupli
     )
     await consumer.start()
     with pytest.raises(KilledAfterCommit):
-        await RecordConsumer("determinations", consumer, apply_then_die).run()
+        await RecordConsumer("determinations", consumer, apply_then_die, Progress(60)).run()
     await consumer.stop()
     before = await pool.fetchval("SELECT count(*) FROM tasks")
     assert before > 0
@@ -482,6 +483,8 @@ async def test_health_readiness_and_metrics(coordinator):
     metrics = (await coordinator.get("/metrics")).text
     assert 'painpath_coordinator_tasks{state="proposed"}' in metrics
     assert "painpath_coordinator_outbox_unpublished" in metrics
+    assert 'painpath_coordinator_consumer_lag{consumer="determinations",partition="0"}' in metrics
+    assert 'painpath_coordinator_processing_seconds_count{consumer="events"}' in metrics
 
 
 async def test_many_plans_never_book_anyone_beyond_capacity_or_off_their_working_days(

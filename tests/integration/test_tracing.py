@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import httpx
 import pytest
 
 from shared.topics import CARE_TASKS, DETERMINATIONS
@@ -57,6 +58,10 @@ async def test_a_trace_follows_an_event_from_the_gateway_to_the_task_change(
             break
         await asyncio.sleep(0.2)
 
+    metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    assert 'painpath_classifier_consumer_lag{partition="' in metrics
+    ready = httpx.get(f"http://127.0.0.1:{port}/readyz").json()
+    assert ready["checks"]["progressing"] is True
     assert trace_ids(determinations) == {TRACE_ID}
     assert tasks and trace_ids(tasks) == {TRACE_ID}
     gateway_and_coordinator = RUN_LOG.read_text()  # both run in this process
