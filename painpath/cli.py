@@ -93,21 +93,17 @@ def gateway(
     port: int = typer.Option(None, help="Default: GATEWAY_PORT"),
 ) -> None:
     """Run the ingest gateway (HTTP)."""
-    import uvicorn
 
     from services.gateway.app import create_app
 
     settings = _settings()
     endpoints = resolve_endpoints(settings)
     configure_logging(settings.log_level, endpoints.pseudonym_key)
-    host, port = host or settings.gateway_host, port or settings.gateway_port
-    typer.echo(f"gateway on http://{host}:{port}  (OpenAPI: http://{host}:{port}/docs)")
-    uvicorn.run(
+    _serve(
+        "gateway",
         create_app(settings, endpoints),
-        host=host,
-        port=port,
-        log_config=None,
-        access_log=False,
+        host or settings.gateway_host,
+        port or settings.gateway_port,
     )
 
 
@@ -236,7 +232,6 @@ def coordinator(
     port: int = typer.Option(None, help="Default: COORDINATOR_PORT"),
 ) -> None:
     """Run the coordinator: care plans and tasks from determinations, its API and task stream."""
-    import uvicorn
 
     from services.coordinator.app import create_app
     from services.coordinator.scheduling import load_roster
@@ -251,14 +246,11 @@ def coordinator(
         raise typer.Exit(2) from None
     endpoints = resolve_endpoints(settings)
     configure_logging(settings.log_level, endpoints.pseudonym_key)
-    host, port = settings.coordinator_host, port or settings.coordinator_port
-    typer.echo(f"coordinator on http://{host}:{port}  (OpenAPI: http://{host}:{port}/docs)")
-    uvicorn.run(
+    _serve(
+        "coordinator",
         create_app(settings, endpoints, templates, roster),
-        host=host,
-        port=port,
-        log_config=None,
-        access_log=False,
+        settings.coordinator_host,
+        port or settings.coordinator_port,
     )
 
 
@@ -387,6 +379,15 @@ def contract_export(
         typer.echo("out of date (run `make contract`): " + ", ".join(map(str, stale)), err=True)
         raise typer.Exit(1)
     typer.echo(json.dumps({"checked" if check else "written": [str(path) for path in stale]}))
+
+
+def _serve(name: str, asgi_app, host: str, port: int) -> None:
+    """Serve an HTTP service until SIGTERM or Ctrl-C (uvicorn stops gracefully)."""
+    import uvicorn
+
+    typer.echo(f"{name} on http://{host}:{port}  (OpenAPI: http://{host}:{port}/docs)")
+    # Our logging is configured already; uvicorn's access log would print paths with patient ids.
+    uvicorn.run(asgi_app, host=host, port=port, log_config=None, access_log=False)
 
 
 def main() -> None:

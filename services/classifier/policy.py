@@ -7,7 +7,6 @@ the rules, the file holds the numbers and the formulary. `load_policy()` returns
 from __future__ import annotations
 
 import re
-import tomllib
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
@@ -21,11 +20,11 @@ from pydantic import (
     PositiveInt,
     PrivateAttr,
     StringConstraints,
-    ValidationError,
     model_validator,
 )
 
 from shared.contract import Classification, DoseUnit
+from shared.data_files import load_data_file
 
 DEFAULT_POLICY_PATH = Path(__file__).parent / "policies" / "default-v1.toml"
 DEFAULT_CRITERIA = "default"
@@ -160,31 +159,10 @@ class PolicyError(ValueError):
     """A policy file that cannot be used; the message names the file, the field and why."""
 
 
-def _problem(loc: tuple[int | str, ...], message: str) -> str:
-    path = ""
-    for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    message = message.removeprefix("Value error, ")
-    return f"{path}: {message}" if path else message
-
-
 def load_policy(path: Path | str | None = None) -> Policy:
     """Load and validate a policy file (TOML); without a path, the default policy `default-v1`.
 
     Raises PolicyError for a missing, unreadable or invalid file, naming each bad field.
     """
     path = Path(path) if path is not None else DEFAULT_POLICY_PATH
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise PolicyError(f"policy {path}: cannot be read: {exc.strerror or exc}") from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise PolicyError(f"policy {path}: not valid TOML: {exc}") from exc
-    try:
-        return Policy.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(
-            _problem(tuple(error["loc"]), error["msg"])
-            for error in exc.errors(include_url=False, include_input=False)
-        )
-        raise PolicyError(f"policy {path}: {problems}") from None
+    return load_data_file(path, Policy, PolicyError, "policy")

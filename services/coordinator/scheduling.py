@@ -19,7 +19,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, StringConstraints, model_validator
 
 from services.coordinator.care_plan import OPEN_STATES, TaskState
-from services.coordinator.templates import PLANS, Priority, Role, load_data_file
+from services.coordinator.templates import PLANS, Priority, Role
+from shared.data_files import load_data_file
 
 DEFAULT_ROSTER_PATH = PLANS / "roster-default.toml"
 

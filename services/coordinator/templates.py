@@ -7,10 +7,9 @@ order. `load_templates()` returns `default-v1`; a changed plan needs a new file 
 
 from __future__ import annotations
 
-import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 from pydantic import (
     BaseModel,
@@ -18,7 +17,6 @@ from pydantic import (
     Field,
     NonNegativeInt,
     StringConstraints,
-    ValidationError,
     field_validator,
     model_validator,
 )
@@ -26,6 +24,7 @@ from pydantic import (
 from services.classifier.determination import Status, TrialOutcome
 from services.classifier.policy import AssessmentPart
 from shared.contract import Classification
+from shared.data_files import load_data_file
 
 PLANS = Path(__file__).parent / "plans"
 DEFAULT_TEMPLATES_PATH = PLANS / "default-v1.toml"
@@ -163,38 +162,6 @@ def _prerequisite_cycle(tasks: list[TaskTemplate]) -> list[str]:
 
 class TemplateError(ValueError):
     """A template file that cannot be used; the message names the file, the field and why."""
-
-
-Model = TypeVar("Model", bound=BaseModel)
-
-
-def load_data_file(path: Path, model: type[Model], error: type[ValueError], what: str) -> Model:
-    """Read a TOML file into `model`, raising `error` that names the file, each bad field and why.
-
-    Shared by the coordinator's data files (templates, roster), so both are refused alike.
-    """
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise error(f"{what} {path}: cannot be read: {exc.strerror or exc}") from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise error(f"{what} {path}: not valid TOML: {exc}") from exc
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(
-            _problem(tuple(problem["loc"]), problem["msg"])
-            for problem in exc.errors(include_url=False, include_input=False)
-        )
-        raise error(f"{what} {path}: {problems}") from None
-
-
-def _problem(loc: tuple[int | str, ...], message: str) -> str:
-    field = ""
-    for part in loc:
-        field += f"[{part}]" if isinstance(part, int) else (f".{part}" if field else str(part))
-    message = message.removeprefix("Value error, ")
-    return f"{field}: {message}" if field else message
 
 
 def load_templates(path: Path | str | None = None) -> PlanTemplates:
