@@ -88,7 +88,20 @@ class Coordinator:
             event = parse_event(record.value)
         except ContractViolation:
             return Outcome.UNREADABLE  # the classifier dead-letters it with the reason
-        inserted = await self.pool.fetchval(
+        try:
+            inserted = await self._keep_event(event, record)
+        except asyncpg.DataError:  # the database cannot store it: never let it stop the stream
+            log.error(
+                "event_unstorable",
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+            )
+            return Outcome.UNREADABLE
+        return Outcome.APPLIED if inserted else Outcome.ALREADY_APPLIED
+
+    async def _keep_event(self, event, record: ConsumerRecord) -> bool:
+        return await self.pool.fetchval(
             """INSERT INTO patient_events (source, event_id, patient_id, type, time, body)
                VALUES ($1, $2, $3, $4, $5, $6)
                ON CONFLICT (source, event_id) DO NOTHING RETURNING true""",
@@ -99,7 +112,6 @@ class Coordinator:
             event.time,
             record.value.decode(),
         )
-        return Outcome.APPLIED if inserted else Outcome.ALREADY_APPLIED
 
     async def timeline(self, patient_id: str, as_of: datetime) -> Timeline | None:
         """The patient's timeline as of `as_of`, or None when nothing is known of the patient."""

@@ -14,9 +14,10 @@ from typing import Any
 
 import asyncpg
 import structlog
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Security
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import APIKeyHeader
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -47,6 +48,9 @@ from shared.topics import EVENTS
 log = get_logger("painpath.gateway")
 
 API_KEY_HEADER = "X-API-Key"
+API_KEY_SCHEME = APIKeyHeader(
+    name=API_KEY_HEADER, auto_error=False, description="The source system's API key"
+)
 ACCEPTED_MEDIA_TYPES = (
     "application/json",
     "application/cloudevents+json",
@@ -69,6 +73,12 @@ class Problem(BaseModel):
     status: int
     title: str
     detail: str
+
+
+def _problem_doc(description: str) -> dict[str, Any]:
+    """An error response in the OpenAPI document: a Problem, as application/problem+json."""
+    schema = {"$ref": "#/components/schemas/Problem"}
+    return {"description": description, "content": {"application/problem+json": {"schema": schema}}}
 
 
 def _problem(status: int, title: str, detail: str) -> JSONResponse:
@@ -202,20 +212,21 @@ def create_app(settings: Settings, endpoints: Endpoints) -> FastAPI:
         response_model=IngestResponse,
         openapi_extra={"requestBody": request_body},
         responses={
-            400: {
-                "model": Problem,
-                "description": "The body is not JSON, or not an event or array",
-            },
-            401: {"model": Problem, "description": "Missing or unknown API key"},
-            413: {"model": Problem, "description": "Body or batch too large"},
-            415: {"model": Problem, "description": "Wrong media type"},
+            400: _problem_doc("The body is not JSON, or not an event or array"),
+            401: _problem_doc("Missing or unknown API key"),
+            403: {"model": IngestResponse, "description": "Every event's source is forbidden"},
+            409: {"model": IngestResponse, "description": "Every event is a conflict"},
+            413: _problem_doc("Body or batch too large"),
+            415: _problem_doc("Wrong media type"),
             422: {"model": IngestResponse, "description": "No event was accepted: see each result"},
-            503: {"model": Problem, "description": "Broker or database unavailable: retry"},
+            503: _problem_doc("Broker or database unavailable: retry"),
         },
         summary="Publish one event or a batch of up to 1,000",
     )
-    async def post_events(request: Request) -> Response:
-        api_key = _find_key(request.headers.get(API_KEY_HEADER), endpoints.api_keys)
+    async def post_events(
+        request: Request, presented: str | None = Security(API_KEY_SCHEME)
+    ) -> Response:
+        api_key = _find_key(presented, endpoints.api_keys)
         if api_key is None:
             return _problem(401, "Unauthorized", f"a valid {API_KEY_HEADER} header is required")
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -302,7 +313,9 @@ def create_app(settings: Settings, endpoints: Endpoints) -> FastAPI:
             schema = get_openapi(
                 title=app.title, version=app.version, description=app.description, routes=app.routes
             )
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(event_schemas)
+            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+            schemas.update(event_schemas)
+            schemas["Problem"] = Problem.model_json_schema()
             app.openapi_schema = schema
         return app.openapi_schema
 

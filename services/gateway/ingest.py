@@ -22,10 +22,13 @@ from aiokafka import AIOKafkaProducer
 from pydantic import BaseModel
 
 from shared.contract import ContractViolation, Violation, parse_event
+from shared.contract.events import KEY_MAX_LENGTH
 from shared.logging import SafeMessage
 from shared.settings import ApiKey
 
 MAX_BATCH = 1000
+# One clinical event is small; the broker's default record limit is 1 MiB.
+MAX_EVENT_BYTES = 512 * 1024
 
 
 class ItemStatus(StrEnum):
@@ -82,9 +85,15 @@ def _result(index: int, event_id: str | None, status: ItemStatus, *errors: Viola
 
 
 def _event_id(item: Any) -> str | None:
-    """The item's id for the reply, only when it is a plain string (it is not patient data)."""
+    """The item's id for the reply, only when it is plain text (it is not patient data)."""
     value = item.get("id") if isinstance(item, dict) else None
-    return value if isinstance(value, str) and 0 < len(value) <= 256 else None
+    if not isinstance(value, str) or not 0 < len(value) <= KEY_MAX_LENGTH or "\x00" in value:
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return value
 
 
 class Ingestor:
@@ -125,6 +134,13 @@ class Ingestor:
                     ),
                 )
                 continue
+            value = json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode()
+            if len(value) > MAX_EVENT_BYTES:
+                too_large = Violation(
+                    field="(event)", reason=f"larger than {MAX_EVENT_BYTES // 1024} KiB"
+                )
+                results[index] = _result(index, event.id, ItemStatus.REJECTED, too_large)
+                continue
             canonical = json.dumps(item, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
             content_hash = hashlib.sha256(canonical.encode()).digest()
             if event.key in seen:  # the same event twice in one batch
@@ -140,7 +156,7 @@ class Ingestor:
                     source=event.source,
                     event_id=event.id,
                     patient_id=event.patient_id,
-                    value=json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode(),
+                    value=value,
                     content_hash=content_hash,
                 )
             )

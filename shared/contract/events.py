@@ -41,6 +41,9 @@ PatientId = Annotated[
     Field(description="Opaque pseudonymous patient id; the Kafka message key."),
 ]
 NonEmpty = Annotated[str, StringConstraints(min_length=1)]
+# The idempotency key (source, id) is stored and indexed: bounded, like the patient id.
+KEY_MAX_LENGTH = 256
+KeyPart = Annotated[str, StringConstraints(min_length=1, max_length=KEY_MAX_LENGTH)]
 
 
 class Instrument(StrEnum):
@@ -272,8 +275,8 @@ class _Envelope(_FreeFormIsFinite, BaseModel):
     model_config = ConfigDict(strict=True, extra="allow", frozen=True)
 
     specversion: Literal["1.0"]
-    id: NonEmpty = Field(description="Unique per source: (source, id) is the idempotency key.")
-    source: NonEmpty = Field(description="URI reference of the publishing system.")
+    id: KeyPart = Field(description="Unique per source: (source, id) is the idempotency key.")
+    source: KeyPart = Field(description="URI reference of the publishing system.")
     time: Annotated[AwareDatetime, BeforeValidator(_rfc3339)] = Field(
         description="RFC 3339 with offset: when the clinical fact happened."
     )
@@ -409,6 +412,37 @@ def parse_event(raw: bytes | str | Any) -> Event:
         except (TypeError, ValueError) as exc:
             raise ContractViolation([Violation(field="(event)", reason="not valid JSON")]) from exc
     try:
-        return _EVENT_ADAPTER.validate_json(raw)
+        event = _EVENT_ADAPTER.validate_json(raw)
     except ValidationError as exc:
         raise ContractViolation(_violations(exc)) from None
+    # Only a \u escape can carry a NUL or a lone surrogate into a string: look only then.
+    if _MAY_HOLD_BAD_TEXT.search(raw if isinstance(raw, str) else raw.decode("utf-8", "replace")):
+        problems = [
+            Violation(field=_field_path(path), reason=reason)
+            for path, reason in _bad_text(event.model_dump(mode="python", by_alias=True), ())
+        ]
+        if problems:
+            raise ContractViolation(problems)
+    return event
+
+
+_MAY_HOLD_BAD_TEXT = re.compile(r"\\u(0000|d[89a-f])", re.IGNORECASE)
+
+
+def _bad_text(value: Any, path: tuple[int | str, ...]):
+    """Strings that no text store can keep: with a NUL character, or not encodable as UTF-8."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            yield path, "must not contain a NUL character"
+        else:
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                yield path, "must be valid Unicode text (a lone surrogate is not)"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _bad_text(key, path)
+            yield from _bad_text(item, (*path, str(key)))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _bad_text(item, (*path, index))
