@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: install run test test-unit lint contract lock stack-up stack-down clean
+.PHONY: install run test test-unit bench lint contract lock stack-up stack-down clean
 
 install: $(STAMP)
 
@@ -31,6 +31,10 @@ run: install
 test: install $(CHROMIUM)
 	$(BIN)/painpath contract export --check
 	$(BIN)/pytest
+
+## Throughput, latency and memory in one run (bench/README.md); e.g. make bench BENCH_ARGS="--events 200000"
+bench: install
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 test-unit: install
 	$(BIN)/pytest tests/unit

@@ -1,0 +1,858 @@
+"""`make bench` (`python -m bench.run`): throughput, latency and memory of Painpath, in one run.
+
+Starts its own local stack (Tansu broker, embedded PostgreSQL) in a temporary folder with free
+ports, then measures, each phase on its own topics (a `KAFKA_TOPIC_PREFIX`) and database:
+
+1. ceiling: a bare aiokafka consumer reading the backfill (json.loads, then parse_event);
+2. the classifier, one worker then two, on a backfill of N simulated events produced straight
+   onto pain.events.v1, from the first record produced to the group's lag reaching 0; and that
+   the last determination per patient equals the offline reference;
+3. the gateway's ingest rate with batches of 500;
+4. end-to-end latency at a steady rate through gateway, classifiers and coordinator;
+5. every service process's peak memory (VmHWM).
+
+Writes `<results-dir>/<UTC timestamp>.json` and `.png` and prints a table. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import platform
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+import httpx
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from bench.measure import (
+    ONE_MILLION,
+    check_targets,
+    rate,
+    ratio,
+    summarize_latencies,
+    top_frames,
+    windowed_rates,
+)
+from bench.services import (
+    Bench,
+    Record,
+    Service,
+    as_records,
+    outbox_unpublished,
+    peak_rss_bytes,
+    produce,
+    read_all,
+)
+from shared.kafka import group_lag
+from shared.topics import DETERMINATIONS, EVENTS
+
+EVENTS_PER_PATIENT = 67  # what the simulator averages (README)
+AS_OF = "2026-06-30T00:00:00+00:00"  # the simulated feeds end before it; classifiers decide at it
+CLASSIFIER_GROUP = "painpath-classifier"
+COORDINATOR_GROUP = "painpath-coordinator"
+RESULTS = Path(__file__).resolve().parent / "results"
+# Tansu keeps every topic in memory, and the classifier's changelog holds each patient's whole
+# history once per event: measured, the broker's peak RSS was 12.5 GiB after two runs of 201,272
+# backfill events (plus the gateway and latency phases), about 30 kB per backfill event per run.
+BROKER_BYTES_PER_EVENT_RUN = 30_000
+
+
+class PhaseError(RuntimeError):
+    pass
+
+
+# --- the feeds ------------------------------------------------------------------------------
+
+
+def feed_lines(events: int, seed: int, folder: Path) -> list[str]:
+    """A simulated feed of about `events` lines (whole patients), as JSON-lines text."""
+    from painpath.simulate import write_feed
+
+    patients = max(1, math.ceil(events / EVENTS_PER_PATIENT))
+    path = folder / f"feed-{patients}-{seed}.jsonl"
+    write_feed(path, patients, seed, progress=False)
+    with path.open(encoding="utf-8") as lines:
+        return [line.rstrip("\n") for line in lines if line.strip()]
+
+
+def valid_json(lines: list[str]) -> list[str]:
+    """The lines a client can put in a JSON array (the feed has a few truncated events)."""
+    kept = []
+    for line in lines:
+        try:
+            json.loads(line)
+        except ValueError:
+            continue
+        kept.append(line)
+    return kept
+
+
+# --- 1. the ceiling -------------------------------------------------------------------------
+
+
+async def ceiling(bench: Bench, topic: str, total: int, progress: Progress) -> dict:
+    from shared.contract import ContractViolation, parse_event
+
+    figures = {}
+    for name, parse in (("json_loads", json.loads), ("parse_event", parse_event)):
+        task = progress.add_task(f"ceiling: aiokafka + {name}", total=total)
+        counted = [0]
+
+        def handle(message, parse=parse, task=task, counted=counted) -> None:
+            with contextlib.suppress(ValueError, ContractViolation):
+                parse(message.value)
+            counted[0] += 1
+            if counted[0] % 10_000 == 0:
+                progress.advance(task, 10_000)
+
+        started = time.perf_counter()
+        count = await read_all(bench.bootstrap_servers, topic, EVENTS.partitions, handle)
+        seconds = time.perf_counter() - started
+        progress.update(task, completed=count)
+        figures[name] = {"events": count, "seconds": round(seconds, 3), "eps": rate(count, seconds)}
+    return figures
+
+
+# --- 2. the classifier ----------------------------------------------------------------------
+
+
+async def processed_total(client: httpx.AsyncClient, services: list[Service]) -> float:
+    """painpath_classifier_events_total summed over outcomes and workers (every input record
+    counts once: new, duplicate or dead letter)."""
+    total = 0.0
+    for service in services:
+        text = (await client.get(service.url + "/metrics")).text
+        for line in text.splitlines():
+            if line.startswith("painpath_classifier_events_total{"):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def classifier_run(
+    bench: Bench,
+    workers: int,
+    records: list[Record],
+    progress: Progress,
+    profile_seconds: float,
+) -> dict:
+    prefix = f"bench{secrets.token_hex(3)}w{workers}."
+    database_url = await bench.database(f"bench_classifier_{workers}")
+    settings = await bench.settings(prefix, database_url)
+    folder = bench.work_dir / f"classifier-{workers}"
+    env = bench.env(prefix, database_url, folder / "state")
+    services = [bench.classifier(f"classifier-{n + 1}", env, folder) for n in range(workers)]
+    total = len(records)
+    label = f"classifier, {workers} worker{'s' if workers > 1 else ''}"
+    task = progress.add_task(f"{label}: starting", total=total)
+    result: dict = {"workers": workers, "events": total, "topic_prefix": prefix}
+    samples: list[tuple[float, float]] = []
+    try:
+        for service in services:
+            service.start()
+        for service in services:
+            await service.wait_ready()
+        # Every worker has its partitions before the first record exists: no rebalance is timed.
+        progress.update(task, description=f"{label}: producing the backfill")
+        started = time.monotonic()
+        produce_task = asyncio.create_task(
+            produce(bench.bootstrap_servers, EVENTS.full_name(prefix), records)
+        )
+        profiler = None
+        deadline = started + max(600.0, total / 100)
+        async with httpx.AsyncClient(timeout=10) as client:
+            processed = 0.0
+            while processed < total:
+                await asyncio.sleep(0.5)
+                processed = await processed_total(client, services)
+                now = time.monotonic()
+                samples.append((now - started, processed))
+                progress.update(task, completed=processed, description=f"{label}: classifying")
+                if produce_task.done() and "produce_seconds" not in result:
+                    produce_task.result()
+                    result["produce_seconds"] = round(now - started, 2)
+                if profiler is None and profile_seconds > 0 and now - started > 2:
+                    profiler = start_profiler(services[0], profile_seconds, folder)
+                if now > deadline:
+                    raise PhaseError(
+                        f"{label}: {processed:.0f} of {total} after {now - started:.0f} s"
+                    )
+                for service in services:
+                    if service.process.poll() is not None:
+                        raise PhaseError(f"{service.name} exited: see {folder}")
+            all_processed = time.monotonic() - started
+            await produce_task
+            group = f"{prefix}{CLASSIFIER_GROUP}"
+            while (behind := await group_lag(settings, bench.bootstrap_servers, group, EVENTS)) > 0:
+                if time.monotonic() > deadline:
+                    raise PhaseError(f"{label}: the group still lags {behind} records")
+                await asyncio.sleep(0.25)
+            lag_zero = time.monotonic() - started
+        eps = rate(total, lag_zero)
+        result |= {
+            "seconds_to_lag_zero": round(lag_zero, 2),
+            "seconds_to_all_processed": round(all_processed, 2),
+            "eps": eps,
+            "eps_all_processed": rate(total, all_processed),
+            "median_window_eps": _median(windowed_rates(samples)),
+            "projected_1m_seconds": round(ONE_MILLION / eps, 1) if eps else None,
+            "throughput_samples": [[round(t, 2), int(n)] for t, n in samples],
+        }
+        if profiler is not None:
+            result["profile"] = finish_profiler(profiler)
+        progress.update(task, description=f"{label}: reading determinations")
+        result["last_determinations"] = await last_determinations(bench, prefix)
+    finally:
+        for service in services:
+            service.stop()
+        result["peak_rss_bytes"] = {service.name: service.peak_rss for service in services}
+    return result
+
+
+def _median(values: list[float]) -> float | None:
+    from bench.measure import percentile
+
+    value = percentile(values, 50)
+    return None if value is None else round(value, 1)
+
+
+async def last_determinations(bench: Bench, prefix: str) -> dict:
+    last: dict[bytes, bytes] = {}
+
+    def handle(message) -> None:
+        last[message.key] = message.value
+
+    count = await read_all(
+        bench.bootstrap_servers,
+        DETERMINATIONS.full_name(prefix),
+        DETERMINATIONS.partitions,
+        handle,
+    )
+    return {"records": count, "by_patient": last}
+
+
+def start_profiler(service: Service, seconds: float, folder: Path):
+    """py-spy on a worker for `seconds` (sampling without pausing it), if py-spy is installed."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(py_spy).exists():
+        return {"error": "py-spy is not installed (pip install py-spy)"}
+    output = folder / "profile.txt"
+    process = subprocess.Popen(
+        [
+            py_spy,
+            "record",
+            "--pid",
+            str(service.process.pid),
+            "--duration",
+            str(int(seconds)),
+            "--rate",
+            "100",
+            "--nonblocking",
+            "--format",
+            "raw",
+            "--output",
+            str(output),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(folder / "py-spy.log").open("wb"),
+    )
+    return {"process": process, "output": output, "seconds": seconds, "worker": service.name}
+
+
+def finish_profiler(profiler: dict) -> dict:
+    if "error" in profiler:
+        return profiler
+    try:
+        profiler["process"].wait(timeout=profiler["seconds"] + 30)
+    except subprocess.TimeoutExpired:
+        profiler["process"].kill()
+    output: Path = profiler["output"]
+    if not output.exists():
+        return {"error": "py-spy wrote no profile (ptrace not permitted?)"}
+    with output.open() as lines:
+        top = top_frames(lines)
+    return {"worker": profiler["worker"], "seconds": profiler["seconds"], **top}
+
+
+def reference(records: list[Record]) -> tuple[dict[bytes, dict], int]:
+    """What the stream must end with, decided offline from the same records in the same order
+    (as tests/integration/test_classifier_stream.py): each patient's determination, and how many
+    records are dead letters."""
+    from services.classifier.offline import read_histories
+    from services.classifier.policy import load_policy
+    from services.classifier.rules import evaluate
+    from shared.contract import ContractViolation, parse_event
+
+    admitted, dead = [], 0
+    for key, value in records:
+        try:
+            text = value.decode("utf-8")
+            event = parse_event(text)
+        except (UnicodeDecodeError, ContractViolation):
+            dead += 1
+            continue
+        if key != event.patient_id.encode():
+            dead += 1
+            continue
+        admitted.append(text)
+    histories, conflicts = read_histories(admitted)
+    policy, as_of = load_policy(), datetime.fromisoformat(AS_OF)
+    determinations = {
+        patient.encode(): evaluate(history.events, policy, as_of).model_dump(mode="json")
+        for patient, history in histories.items()
+    }
+    return determinations, dead + len(conflicts)
+
+
+def compare(expected: dict[bytes, dict], got: dict[bytes, bytes]) -> dict:
+    missing = [key for key in expected if key not in got]
+    extra = [key for key in got if key not in expected]
+    differing = [key for key in expected if key in got and json.loads(got[key]) != expected[key]]
+    return {
+        "patients": len(expected),
+        "missing": len(missing),
+        "extra": len(extra),
+        "differing": len(differing),
+        "mismatches": len(missing) + len(extra) + len(differing),
+    }
+
+
+# --- 3. the gateway -------------------------------------------------------------------------
+
+
+async def gateway_run(
+    bench: Bench, lines: list[str], batch_size: int, concurrency: int, progress: Progress
+) -> dict:
+    prefix = f"bench{secrets.token_hex(3)}gw."
+    database_url = await bench.database("bench_gateway")
+    await bench.settings(prefix, database_url)
+    folder = bench.work_dir / "gateway"
+    env = bench.env(prefix, database_url, folder / "state")
+    gateway = bench.gateway(env, folder)
+    bodies = [
+        (len(chunk), ("[" + ",".join(chunk) + "]").encode())
+        for chunk in (lines[i : i + batch_size] for i in range(0, len(lines), batch_size))
+    ]
+    task = progress.add_task("gateway: starting", total=len(lines))
+    counts = {"accepted": 0, "duplicate": 0, "rejected": 0, "other": 0}
+    try:
+        gateway.start()
+        await gateway.wait_ready()
+        progress.update(task, description=f"gateway: posting batches of {batch_size}")
+        queue = list(reversed(bodies))
+        headers = {"X-API-Key": bench.api_key, "Content-Type": "application/json"}
+
+        async def client_loop(client: httpx.AsyncClient) -> None:
+            while queue:
+                size, body = queue.pop()
+                response = await client.post(
+                    gateway.url + "/v1/events", content=body, headers=headers
+                )
+                if response.status_code >= 500:
+                    raise PhaseError(f"gateway answered {response.status_code}")
+                for item in response.json().get("results", []):
+                    status = item["status"]
+                    counts[status if status in counts else "other"] += 1
+                progress.advance(task, size)
+
+        async with httpx.AsyncClient(timeout=120) as client:
+            started = time.perf_counter()
+            await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
+            seconds = time.perf_counter() - started
+    finally:
+        gateway.stop()
+    return {
+        "events": len(lines),
+        "batch_size": batch_size,
+        "concurrency": concurrency,
+        "seconds": round(seconds, 3),
+        "eps": rate(len(lines), seconds),
+        "results": counts,
+        "peak_rss_bytes": {"gateway": gateway.peak_rss},
+    }
+
+
+# --- 4. end-to-end latency ------------------------------------------------------------------
+
+
+async def latency_run(
+    bench: Bench,
+    lines: list[str],
+    events_per_second: float,
+    seconds: float,
+    batch_size: int,
+    classifiers: int,
+    progress: Progress,
+) -> dict:
+    prefix = f"bench{secrets.token_hex(3)}e2e."
+    database_url = await bench.database("bench_latency")
+    settings = await bench.settings(prefix, database_url)
+    folder = bench.work_dir / "latency"
+    env = bench.env(prefix, database_url, folder / "state")
+    services = [
+        bench.gateway(env, folder),
+        bench.coordinator(env, folder),
+        *(bench.classifier(f"classifier-{n + 1}", env, folder) for n in range(classifiers)),
+    ]
+    gateway = services[0]
+    wanted = int(events_per_second * seconds)
+    if len(lines) < wanted:
+        raise PhaseError(f"the latency feed has {len(lines)} events, {wanted} are needed")
+    batches = [lines[i : i + batch_size] for i in range(0, wanted, batch_size)]
+    interval = batch_size / events_per_second
+    task = progress.add_task("end-to-end: starting", total=len(batches) * batch_size)
+    posted: list[dict] = []
+    failures = 0
+    try:
+        for service in services:
+            service.start()
+        for service in services:
+            await service.wait_ready()
+        progress.update(task, description=f"end-to-end: {events_per_second:g} events/s")
+        headers = {"X-API-Key": bench.api_key, "Content-Type": "application/json"}
+
+        async def post(client: httpx.AsyncClient, batch: list[str]) -> None:
+            nonlocal failures
+            trace_id = secrets.token_hex(16)
+            sent = time.time()
+            response = await client.post(
+                gateway.url + "/v1/events",
+                content=("[" + ",".join(batch) + "]").encode(),
+                headers=headers | {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"},
+            )
+            answered = time.time()
+            progress.advance(task, len(batch))
+            if response.status_code != 202:
+                failures += 1
+                return
+            events = [json.loads(text) for text in batch]
+            accepted = [
+                (events[item["index"]]["source"], events[item["index"]]["id"])
+                for item in response.json()["results"]
+                if item["status"] == "accepted"
+            ]
+            posted.append(
+                {"trace_id": trace_id, "sent": sent, "answered": answered, "accepted": accepted}
+            )
+
+        async with httpx.AsyncClient(timeout=60) as client:
+            started = time.monotonic()
+            running = []
+            for number, batch in enumerate(batches):
+                await asyncio.sleep(max(0.0, started + number * interval - time.monotonic()))
+                running.append(asyncio.create_task(post(client, batch)))
+            await asyncio.gather(*running)
+            sending = time.monotonic() - started
+        progress.update(task, description="end-to-end: waiting until settled")
+        settled = await wait_settled(bench, settings, prefix, database_url, timeout=600)
+        found = await first_seen(database_url)
+    finally:
+        for service in reversed(services):
+            service.stop()
+    to_determination, to_task, without = [], [], 0
+    for request in posted:
+        for ref in request["accepted"]:
+            at = found["determination"].get(ref)
+            if at is None:
+                without += 1
+            else:
+                to_determination.append(at - request["answered"])
+        at = found["task"].get(request["trace_id"])
+        if at is not None:
+            to_task.append(at - request["answered"])
+    answers = [request["answered"] - request["sent"] for request in posted]
+    accepted = sum(len(request["accepted"]) for request in posted)
+    return {
+        "target_eps": events_per_second,
+        "achieved_eps": rate(len(batches) * batch_size, sending),
+        "seconds": round(sending, 2),
+        "batch_size": batch_size,
+        "classifiers": classifiers,
+        "events_posted": len(batches) * batch_size,
+        "events_accepted": accepted,
+        "failed_requests": failures,
+        "settled_seconds_after_last_post": round(settled, 2),
+        "gateway_answer": summarize_latencies(answers),
+        "event_to_determination": summarize_latencies(to_determination)
+        | {"accepted_events_never_in_a_determination": without},
+        "request_to_first_task_change": summarize_latencies(to_task) | {"requests": len(posted)},
+        "latency_samples_ms": sorted(round(v * 1000, 2) for v in to_determination),
+        "task_samples_ms": sorted(round(v * 1000, 2) for v in to_task),
+        "peak_rss_bytes": {service.name: service.peak_rss for service in services},
+    }
+
+
+async def wait_settled(bench, settings, prefix: str, database_url: str, timeout: float) -> float:
+    started = time.monotonic()
+    while True:
+        behind = await group_lag(
+            settings, bench.bootstrap_servers, f"{prefix}{CLASSIFIER_GROUP}", EVENTS
+        )
+        behind += await group_lag(
+            settings, bench.bootstrap_servers, f"{prefix}{COORDINATOR_GROUP}", DETERMINATIONS
+        )
+        behind += await outbox_unpublished(database_url)
+        if behind == 0:
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout:
+            raise PhaseError(f"{behind} records still in flight after {timeout:.0f} s")
+        await asyncio.sleep(0.5)
+
+
+async def first_seen(database_url: str) -> dict:
+    """When the coordinator first stored a determination naming each event as evidence
+    (`determinations.received_at`, the time its transaction began), and when the first task
+    change of each trace was written to the outbox (`outbox.created_at`), in epoch seconds."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        evidence = await connection.fetch(
+            """SELECT e.source, e.id, extract(epoch FROM min(d.received_at))::float8
+               FROM determinations d
+               CROSS JOIN LATERAL jsonb_to_recordset(d.body -> 'evidence_event_ids')
+                    AS e(source text, id text)
+               GROUP BY 1, 2"""
+        )
+        tasks = await connection.fetch(
+            """SELECT substring(traceparent FROM 4 FOR 32),
+                      extract(epoch FROM min(created_at))::float8
+               FROM outbox WHERE traceparent IS NOT NULL GROUP BY 1"""
+        )
+    finally:
+        await connection.close()
+    return {
+        "determination": {(row[0], row[1]): row[2] for row in evidence},
+        "task": {row[0]: row[1] for row in tasks},
+    }
+
+
+# --- the run --------------------------------------------------------------------------------
+
+
+def machine() -> dict:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        memory = psutil.virtual_memory().total
+    except ImportError:
+        memory = None
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.strip()
+        )
+    except OSError:
+        commit, dirty = "", False
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_bytes": memory,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_average_at_start": list(os.getloadavg()),
+        "git_commit": commit + ("+dirty" if dirty else ""),
+    }
+
+
+async def run(args: argparse.Namespace, console: Console) -> dict:
+    from shared.stack import LocalStack
+
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    result: dict = {
+        "timestamp": stamp,
+        "parameters": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "machine": machine(),
+        "errors": [],
+    }
+    work = Path(tempfile.mkdtemp(prefix="painpath-bench-"))
+    stack = LocalStack(work / "stack", broker_port=None)
+    columns = (
+        TextColumn("{task.description:<48}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    try:
+        state = stack.up()
+        bench = Bench(state.bootstrap_servers, state.database_url, work, AS_OF)
+        with Progress(*columns, console=console) as progress:
+            task = progress.add_task("simulating the feeds", total=3)
+            backfill = as_records(feed_lines(args.events, args.seed, work))
+            progress.advance(task)
+            latency_lines = valid_json(
+                feed_lines(
+                    int(args.latency_rate * args.latency_seconds * 1.15) + 1, args.seed + 1, work
+                )
+            )
+            progress.advance(task)
+            gateway_lines = valid_json(feed_lines(args.gateway_events, args.seed + 2, work))[
+                : args.gateway_events
+            ]
+            progress.advance(task)
+            result["backfill_events"] = len(backfill)
+
+            async def phase(name: str, work: Callable):
+                try:
+                    result[name] = await work()
+                except Exception as error:  # noqa: BLE001 - one phase failing must not lose the rest
+                    result["errors"].append(f"{name}: {type(error).__name__}: {error}")
+                    console.print(f"[red]{name} failed: {error}[/red]")
+
+            runs: dict[int, dict] = {}
+            for workers in (1, 2):
+                await phase(
+                    f"classifier_{workers}",
+                    lambda workers=workers: classifier_run(
+                        bench,
+                        workers,
+                        backfill,
+                        progress,
+                        args.profile_seconds if workers == 1 else 0,
+                    ),
+                )
+                runs[workers] = result.get(f"classifier_{workers}", {})
+            if runs[1].get("topic_prefix"):
+                await phase(
+                    "ceiling",
+                    lambda: ceiling(
+                        bench, EVENTS.full_name(runs[1]["topic_prefix"]), len(backfill), progress
+                    ),
+                )
+            await phase(
+                "gateway",
+                lambda: gateway_run(
+                    bench, gateway_lines, args.gateway_batch, args.gateway_concurrency, progress
+                ),
+            )
+            await phase(
+                "latency",
+                lambda: latency_run(
+                    bench,
+                    latency_lines,
+                    args.latency_rate,
+                    args.latency_seconds,
+                    args.latency_batch,
+                    args.latency_classifiers,
+                    progress,
+                ),
+            )
+            task = progress.add_task("offline reference and comparison", total=2)
+            expected, dead_letters = reference(backfill)
+            progress.advance(task)
+            result["reference"] = {"patients": len(expected), "dead_letters": dead_letters}
+            for figures in runs.values():
+                last = figures.pop("last_determinations", None)
+                if last is not None:
+                    figures["determinations_published"] = last["records"]
+                    figures["check"] = compare(expected, last["by_patient"])
+            progress.advance(task)
+        result["peak_rss_bytes"] = {
+            "broker (tansu)": peak_rss_bytes(state.broker_pid),
+            **{
+                f"{phase} {name}": value
+                for phase in ("classifier_1", "classifier_2", "gateway", "latency")
+                for name, value in result.get(phase, {}).get("peak_rss_bytes", {}).items()
+            },
+        }
+    finally:
+        stack.down()
+        if args.keep:
+            console.print(f"kept the run's folder (logs, feeds): {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    result["machine"]["load_average_at_end"] = list(os.getloadavg())
+    result["figures"] = figures_of(result)
+    result["targets"] = check_targets(result["figures"])
+    return result
+
+
+def figures_of(result: dict) -> dict:
+    one, two = result.get("classifier_1", {}), result.get("classifier_2", {})
+    ceiling = result.get("ceiling", {})
+    latency = result.get("latency", {})
+    ceiling_eps = ceiling.get("parse_event", {}).get("eps")
+    return {
+        "ceiling_json_loads_eps": ceiling.get("json_loads", {}).get("eps"),
+        "ceiling_parse_event_eps": ceiling_eps,
+        "classifier_one_worker_eps": one.get("eps"),
+        "classifier_two_workers_eps": two.get("eps"),
+        "classifier_one_worker_of_ceiling": ratio(one.get("eps"), ceiling_eps),
+        "classifier_two_workers_of_ceiling": ratio(two.get("eps"), ceiling_eps),
+        "two_workers_speedup": ratio(two.get("eps"), one.get("eps")),
+        "backfill_1m_two_workers_s": two.get("projected_1m_seconds"),
+        "determination_mismatches_one_worker": one.get("check", {}).get("mismatches"),
+        "determination_mismatches_two_workers": two.get("check", {}).get("mismatches"),
+        "gateway_eps": result.get("gateway", {}).get("eps"),
+        "e2e_p50_ms": latency.get("event_to_determination", {}).get("p50_ms"),
+        "e2e_p95_ms": latency.get("event_to_determination", {}).get("p95_ms"),
+        "e2e_p99_ms": latency.get("event_to_determination", {}).get("p99_ms"),
+        "e2e_task_p99_ms": latency.get("request_to_first_task_change", {}).get("p99_ms"),
+    }
+
+
+def print_table(result: dict, console: Console) -> None:
+    figures = result["figures"]
+    table = Table(
+        title=f"painpath bench {result['timestamp']} ({result['backfill_events']:,}"
+        " backfill events; shared, noisy machine)"
+    )
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_column("target")
+    table.add_column("met")
+    targets = {target["key"]: target for target in result["targets"]}
+    labels = {
+        "ceiling_json_loads_eps": ("ceiling: aiokafka + json.loads", "events/s"),
+        "ceiling_parse_event_eps": ("ceiling: aiokafka + parse_event", "events/s"),
+        "classifier_one_worker_eps": ("classifier, one worker", "events/s"),
+        "classifier_two_workers_eps": ("classifier, two workers", "events/s"),
+        "classifier_one_worker_of_ceiling": ("one worker / ceiling (parse_event)", "×"),
+        "classifier_two_workers_of_ceiling": ("two workers / ceiling (parse_event)", "×"),
+        "two_workers_speedup": ("two workers / one worker", "×"),
+        "backfill_1m_two_workers_s": ("1M backfill, two workers (projected)", "s"),
+        "determination_mismatches_one_worker": ("determination mismatches, one worker", ""),
+        "determination_mismatches_two_workers": ("determination mismatches, two workers", ""),
+        "gateway_eps": ("gateway ingest, batches of 500", "events/s"),
+        "e2e_p50_ms": ("event → determination processed, p50", "ms"),
+        "e2e_p95_ms": ("event → determination processed, p95", "ms"),
+        "e2e_p99_ms": ("event → determination processed, p99", "ms"),
+        "e2e_task_p99_ms": ("request → first task change, p99", "ms"),
+    }
+    for key, (label, unit) in labels.items():
+        value = figures.get(key)
+        text = "n/a" if value is None else f"{value:,.3g}" if unit == "×" else f"{value:,.0f}"
+        target = targets.get(key)
+        met = "" if target is None else {True: "met", False: "NOT met", None: "n/a"}[target["met"]]
+        table.add_row(label, f"{text} {unit}".strip(), target["target"] if target else "", met)
+    for name, value in sorted(result.get("peak_rss_bytes", {}).items()):
+        table.add_row(
+            f"peak RSS: {name}", "n/a" if value is None else f"{value / 2**20:,.0f} MiB", "", ""
+        )
+    console.print(table)
+    for error in result["errors"]:
+        console.print(f"[red]error: {error}[/red]")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--events",
+        type=int,
+        default=ONE_MILLION,
+        help="simulated events in the classifier's backfill (whole patients)",
+    )
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--gateway-events",
+        type=int,
+        default=None,
+        help="events posted to the gateway (default: min(--events, 100000))",
+    )
+    parser.add_argument("--gateway-batch", type=int, default=500)
+    parser.add_argument(
+        "--gateway-concurrency", type=int, default=4, help="requests in flight at once"
+    )
+    parser.add_argument("--latency-seconds", type=float, default=60)
+    parser.add_argument("--latency-rate", type=float, default=200, help="events per second")
+    parser.add_argument(
+        "--latency-batch", type=int, default=10, help="events per request in the latency phase"
+    )
+    parser.add_argument("--latency-classifiers", type=int, default=2)
+    parser.add_argument(
+        "--profile-seconds",
+        type=float,
+        default=20,
+        help="py-spy the one-worker classifier for this long (0: no profile)",
+    )
+    parser.add_argument("--results-dir", type=Path, default=RESULTS)
+    parser.add_argument("--keep", action="store_true", help="keep the run's folder and logs")
+    parser.add_argument(
+        "--force", action="store_true", help="run even when the broker may run out of memory"
+    )
+    args = parser.parse_args(argv)
+    if args.gateway_events is None:
+        args.gateway_events = min(args.events, 100_000)
+    return args
+
+
+def broker_memory_needed(events: int) -> int:
+    """What the local broker will hold, roughly, after the two classifier runs."""
+    return 2 * events * BROKER_BYTES_PER_EVENT_RUN
+
+
+def main(argv: list[str] | None = None) -> int:
+    from shared.logging import configure_logging
+
+    args = parse_args(argv)
+    needed = broker_memory_needed(args.events)
+    try:
+        import psutil
+
+        available = psutil.virtual_memory().available
+    except ImportError:
+        available = None
+    if available is not None and needed > 0.8 * available and not args.force:
+        print(
+            f"refusing: {args.events:,} events would need about {needed / 2**30:.0f} GiB in the"
+            f" in-memory local broker (the classifier's changelog holds each patient's whole"
+            f" history once per event); {available / 2**30:.0f} GiB are available. Use fewer"
+            " --events, or --force.",
+            file=sys.stderr,
+        )
+        return 2
+    # The stack's and the migrations' log lines would break the progress display.
+    configure_logging("WARNING", "bench-pseudonym-key")
+    console = Console(width=None if sys.stdout.isatty() else 110)
+    result = asyncio.run(run(args, console))
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    json_path = args.results_dir / f"{result['timestamp']}.json"
+    png_path = args.results_dir / f"{result['timestamp']}.png"
+    from bench.plot import plot
+
+    plot(result, png_path)
+    json_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print_table(result, console)
+    console.print(f"results: {json_path}\nplot:    {png_path}")
+    return 1 if result["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
