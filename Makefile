@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: install run test test-unit bench lint contract lock stack-up stack-down clean
+.PHONY: install run test test-faults test-unit bench lint contract lock stack-up stack-down clean
 
 install: $(STAMP)
 
@@ -30,7 +30,12 @@ run: install
 ## The whole suite: unit tests, then integration tests against a real broker and database.
 test: install $(CHROMIUM)
 	$(BIN)/painpath contract export --check
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not faults"
+
+## Fault injection: classifier workers killed, paused, added and removed; poison input;
+## PostgreSQL stopped; the coordinator killed. Figures in test-artifacts/fault-report.json.
+test-faults: install
+	$(BIN)/pytest tests/faults -m faults
 
 ## Throughput, latency and memory in one run (bench/README.md); e.g. make bench BENCH_ARGS="--events 200000"
 bench: install
