@@ -295,33 +295,12 @@ def finish_profiler(profiler: dict) -> dict:
 
 
 def reference(records: list[Record]) -> tuple[dict[bytes, dict], int]:
-    """What the stream must end with, decided offline from the same records in the same order
-    (as tests/integration/test_classifier_stream.py): each patient's determination, and how many
-    records are dead letters."""
-    from services.classifier.offline import read_histories
+    """What the stream must end with (`expected_from_records`), keyed by the patient id's bytes."""
+    from services.classifier.offline import expected_from_records
     from services.classifier.policy import load_policy
-    from services.classifier.rules import evaluate
-    from shared.contract import ContractViolation, parse_event
 
-    admitted, dead = [], 0
-    for key, value in records:
-        try:
-            text = value.decode("utf-8")
-            event = parse_event(text)
-        except (UnicodeDecodeError, ContractViolation):
-            dead += 1
-            continue
-        if key != event.patient_id.encode():
-            dead += 1
-            continue
-        admitted.append(text)
-    histories, conflicts = read_histories(admitted)
-    policy, as_of = load_policy(), datetime.fromisoformat(AS_OF)
-    determinations = {
-        patient.encode(): evaluate(history.events, policy, as_of).model_dump(mode="json")
-        for patient, history in histories.items()
-    }
-    return determinations, dead + len(conflicts)
+    expected, dead = expected_from_records(records, load_policy(), datetime.fromisoformat(AS_OF))
+    return {p.encode(): d.model_dump(mode="json") for p, d in expected.items()}, dead
 
 
 def compare(expected: dict[bytes, dict], got: dict[bytes, bytes]) -> dict:

@@ -43,6 +43,35 @@ def read_histories(lines: Iterable[str]) -> tuple[dict[str, PatientHistory], lis
     return histories, refused
 
 
+def expected_from_records(
+    records: Iterable[tuple[bytes | None, bytes]], policy: Policy, as_of: datetime
+) -> tuple[dict[str, Determination], int]:
+    """What the streaming classifier must end with after these Kafka records, in this order.
+
+    Admits records as the stream does (not UTF-8 text, a contract breach, a key other than the
+    patient id, or a conflicting duplicate is a dead letter) and decides each patient as of
+    `as_of`. Returns the determinations by patient id and the number of dead letters.
+    """
+    admitted, dead = [], 0
+    for key, value in records:
+        try:
+            text = value.decode("utf-8")
+            event = parse_event(text)
+        except (UnicodeDecodeError, ContractViolation):
+            dead += 1
+            continue
+        if key != event.patient_id.encode():
+            dead += 1
+            continue
+        admitted.append(text)
+    histories, conflicts = read_histories(admitted)
+    determinations = {
+        patient_id: evaluate(history.events, policy, as_of)
+        for patient_id, history in histories.items()
+    }
+    return determinations, dead + len(conflicts)
+
+
 def classify_file(
     path: Path, policy: Policy, as_of: datetime
 ) -> tuple[Iterator[Determination], list[BadLine]]:

@@ -22,9 +22,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from painpath.simulate import simulate
-from services.classifier.offline import read_histories
+from services.classifier.offline import expected_from_records
 from services.classifier.policy import load_policy
-from services.classifier.rules import evaluate
 from services.classifier.stream import GROUP
 from shared import dead_letter
 from shared.contract import ContractViolation, parse_event
@@ -148,27 +147,9 @@ def as_records(lines: list[str]) -> list[tuple[bytes | None, bytes]]:
 
 
 def reference(records: list[tuple[bytes | None, bytes]]) -> tuple[dict[str, dict], int]:
-    """What the stream must end with, decided offline from the same records in the same order:
-    each patient's determination, and how many records are dead letters."""
-    admitted, dead = [], 0
-    for key, value in records:
-        try:
-            text = value.decode("utf-8")
-            event = parse_event(text)
-        except (UnicodeDecodeError, ContractViolation):
-            dead += 1
-            continue
-        if key != event.patient_id.encode():
-            dead += 1
-            continue
-        admitted.append(text)
-    histories, conflicts = read_histories(admitted)
-    policy, as_of = load_policy(), datetime.fromisoformat(AS_OF)
-    determinations = {
-        patient: evaluate(history.events, policy, as_of).model_dump(mode="json")
-        for patient, history in histories.items()
-    }
-    return determinations, dead + len(conflicts)
+    """Each patient's expected determination (as JSON) and the expected dead letters."""
+    expected, dead = expected_from_records(records, load_policy(), datetime.fromisoformat(AS_OF))
+    return {p: d.model_dump(mode="json") for p, d in expected.items()}, dead
 
 
 async def published(settings, expected_patients: int) -> dict[str, list[dict]]:

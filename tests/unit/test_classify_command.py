@@ -137,3 +137,27 @@ def test_a_classifier_worker_refuses_a_malformed_policy_file_at_start(tmp_path: 
 
     assert result.returncode == 2
     assert "error: policy" in result.stderr
+
+
+def test_the_stream_s_expected_outcome_counts_every_kind_of_dead_letter():
+    from datetime import UTC, datetime
+
+    from services.classifier.offline import expected_from_records
+    from services.classifier.policy import load_policy
+
+    good = line(id="e1", score=5)
+    records = [
+        (b"p-1842", good.encode()),
+        (b"p-1842", b"\xff\xfe"),  # not UTF-8
+        (b"someone-else", line(id="e2").encode()),  # a key other than the patient id
+        (b"p-1842", line(id="e1", score=6).encode()),  # the same (source, id), other content
+        (b"p-1842", good.encode()),  # a plain duplicate: not a dead letter
+    ]
+
+    expected, dead = expected_from_records(
+        records, load_policy(), datetime(2026, 6, 30, tzinfo=UTC)
+    )
+
+    assert dead == 3
+    assert list(expected) == ["p-1842"]
+    assert [ref.id for ref in expected["p-1842"].evidence_event_ids] == ["e1"]
