@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
 import subprocess
@@ -57,7 +56,7 @@ from shared import dead_letter
 from shared.contract import ContractViolation, parse_event
 from shared.kafka import end_offsets
 from shared.topics import EVENTS, EVENTS_DLQ
-from tests.integration.test_cli import free_port
+from tests.integration.test_run import run_env
 
 pytestmark = pytest.mark.integration
 
@@ -299,26 +298,9 @@ class _Output:
 def test_no_patient_id_or_free_text_in_any_log_metric_or_dead_letter_header():
     with tempfile.TemporaryDirectory(prefix="painpath-privacy-") as folder:
         state = Path(folder)
-        classifier_port = free_port()
-        env = os.environ | {
-            "PAINPATH_STATE_DIR": str(state),
-            "PAINPATH_BROKER_PORT": str(free_port()),
-            "GATEWAY_PORT": str(free_port()),
-            "COORDINATOR_PORT": str(free_port()),
-            "CLASSIFIER_PORT": str(classifier_port),
-            "CLASSIFIER_SESSION_TIMEOUT_SECONDS": "6",
-            "COORDINATOR_SESSION_TIMEOUT_SECONDS": "6",
-            "LOG_LEVEL": "DEBUG",  # the most the services ever write
-        }
-        for name in (
-            "KAFKA_BOOTSTRAP_SERVERS",
-            "DATABASE_URL",
-            "GATEWAY_API_KEYS",
-            "COORDINATOR_TOKENS",
-            "KAFKA_TOPIC_PREFIX",
-            "LOG_PSEUDONYM_KEY",
-        ):
-            env.pop(name, None)
+        # At DEBUG: the most the services ever write.
+        env = run_env(state) | {"LOG_LEVEL": "DEBUG"}
+        classifier_port = int(env["CLASSIFIER_PORT"])
         command = [sys.executable, "-m", "painpath"]
         run = subprocess.Popen(
             [*command, "run", "--patients", str(PATIENTS), "--seed", str(SEED)],

@@ -18,21 +18,36 @@ from tests.integration.test_cli import free_port
 pytestmark = pytest.mark.integration
 
 
+def run_env(state_dir: Path) -> dict[str, str]:
+    """The environment of a `painpath run` of its own: its state folder, free ports, the local
+    stack (no broker, database, keys or topic prefix of the caller's), short session timeouts.
+    The second classifier worker takes CLASSIFIER_PORT + 1."""
+    env = os.environ | {
+        "PAINPATH_STATE_DIR": str(state_dir),
+        "PAINPATH_BROKER_PORT": str(free_port()),
+        "GATEWAY_PORT": str(free_port()),
+        "COORDINATOR_PORT": str(free_port()),
+        "CLASSIFIER_PORT": str(free_port()),
+        "CLASSIFIER_SESSION_TIMEOUT_SECONDS": "6",
+        "COORDINATOR_SESSION_TIMEOUT_SECONDS": "6",
+    }
+    for name in (
+        "KAFKA_BOOTSTRAP_SERVERS",
+        "DATABASE_URL",
+        "GATEWAY_API_KEYS",
+        "COORDINATOR_TOKENS",
+        "KAFKA_TOPIC_PREFIX",
+        "LOG_PSEUDONYM_KEY",
+    ):
+        env.pop(name, None)
+    return env
+
+
 def test_run_replays_a_feed_prints_the_summary_and_stops_everything_on_ctrl_c():
     with tempfile.TemporaryDirectory(prefix="painpath-test-run-") as folder:
         state_dir = Path(folder)
-        classifier_port = free_port()
-        env = os.environ | {
-            "PAINPATH_STATE_DIR": str(state_dir),
-            "PAINPATH_BROKER_PORT": str(free_port()),
-            "GATEWAY_PORT": str(free_port()),
-            "COORDINATOR_PORT": str(free_port()),
-            "CLASSIFIER_PORT": str(classifier_port),
-            "CLASSIFIER_SESSION_TIMEOUT_SECONDS": "6",
-            "COORDINATOR_SESSION_TIMEOUT_SECONDS": "6",
-        }
-        for name in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "GATEWAY_API_KEYS"):
-            env.pop(name, None)
+        env = run_env(state_dir)
+        classifier_port = int(env["CLASSIFIER_PORT"])
         assert free_port() != classifier_port + 1  # the second worker's port is free enough
         run = subprocess.Popen(
             [sys.executable, "-m", "painpath", "run", "--patients", "30", "--seed", "4"],
