@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,16 +21,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from services.classifier.stream import partition_of
 from shared.db import migrate
 from shared.kafka import create_topics, end_offsets
+from shared.ports import free_port
 from shared.settings import Settings
 from shared.topics import EVENTS, Topic
 
 Record = tuple[bytes, bytes]  # (key, value)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def peak_rss_bytes(pid: int) -> int | None:

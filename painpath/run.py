@@ -38,13 +38,24 @@ def _start(service: Service, log_dir: Path) -> None:
     )
 
 
-def _wait_ready(services: list[Service], timeout: float = 90.0) -> None:
+def _log_tail(log: Path, lines: int = 15) -> str:
+    """The last lines of a service's log (privacy-filtered JSON: safe to show)."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _wait_ready(services: list[Service], log_dir: Path, timeout: float = 90.0) -> None:
     deadline = time.monotonic() + timeout
     for service in services:
         while True:
             if service.process.poll() is not None:
+                log = log_dir / f"{service.name}.log"
                 raise RuntimeError(
-                    f"{service.name} exited at start ({service.process.returncode}): see its log"
+                    f"{service.name} exited at start ({service.process.returncode}); "
+                    f"the end of {log}:\n{_log_tail(log)}"
                 )
             try:
                 if httpx.get(service.ready_url, timeout=1).status_code == 200:
@@ -88,7 +99,7 @@ def run_services(services: list[Service], echo, log_dir: Path, when_ready=None) 
         log_dir.mkdir(parents=True, exist_ok=True)
         for service in services:
             _start(service, log_dir)
-        _wait_ready(services)
+        _wait_ready(services, log_dir)
         echo(f"logs   {log_dir}/<service>.log")
         for service in services:
             echo(f"ready  {service.name:<14} {service.ready_url}")

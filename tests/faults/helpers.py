@@ -33,10 +33,10 @@ from services.coordinator.care_plan import (
 )
 from services.coordinator.templates import load_templates
 from shared.contract import ContractViolation, parse_event
+from shared.ports import free_port
 from shared.topics import DETERMINATIONS
 from tests.conftest import ARTIFACTS, SENT_PATIENT_IDS
 from tests.integration.test_classifier_stream import AS_OF, Workers, as_records, feed_lines
-from tests.integration.test_cli import free_port
 
 Record = tuple[bytes | None, bytes]
 

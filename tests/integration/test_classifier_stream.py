@@ -28,9 +28,9 @@ from services.classifier.stream import GROUP
 from shared import dead_letter
 from shared.contract import ContractViolation, parse_event
 from shared.kafka import group_lag
+from shared.ports import free_port
 from shared.topics import DETERMINATIONS, EVENTS, EVENTS_DLQ
 from tests.conftest import ARTIFACTS, read_topic, remember_patient_ids
-from tests.integration.test_cli import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,7 @@ import asyncpg
 import httpx
 import pytest
 
+from shared.ports import free_port
 from shared.stack import LocalStack
 from shared.topics import EVENTS
 from tests.conftest import API_KEY, ARTIFACTS, TEST_KEYS, read_topic, remember_patient_ids
@@ -25,12 +25,6 @@ from tests.conftest import API_KEY, ARTIFACTS, TEST_KEYS, read_topic, remember_p
 pytestmark = pytest.mark.integration
 
 PAINPATH = [sys.executable, "-m", "painpath"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:

@@ -22,11 +22,11 @@ from services.coordinator.service import Coordinator
 from services.coordinator.templates import load_templates
 from shared.contract import Classification
 from shared.db import migrate
+from shared.ports import free_port
 from shared.progress import Progress
 from shared.settings import ApiToken
 from shared.topics import CARE_TASKS, DETERMINATIONS
 from tests.conftest import read_topic
-from tests.integration.test_cli import free_port
 from tests.unit.coordinator.coordinator_samples import determination
 
 pytestmark = pytest.mark.integration

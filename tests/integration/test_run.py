@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from shared.ports import free_port
 from shared.stack import LocalStack, _alive, _answers
-from tests.integration.test_cli import free_port
 
 pytestmark = pytest.mark.integration
 
