@@ -102,6 +102,12 @@ class Metrics:
             "Task changes published by this instance's relay since start",
             registry=self.registry,
         )
+        self.notifier_listening = Gauge(
+            "painpath_coordinator_notifier_listening",
+            "1 while the LISTEN connection that wakes the relay and the task stream is up"
+            " (0: they poll every second while it reconnects)",
+            registry=self.registry,
+        )
 
 
 def _observer(metrics: Metrics, name: str):
@@ -260,6 +266,7 @@ def create_app(
             await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
         )
         metrics.published.set(state["relay"].published)
+        metrics.notifier_listening.set(1 if notifier.listening else 0)
         for consumer in state["consumers"]:
             metrics.retries.labels(consumer.name).set(consumer.retries)
             for partition, lag in (await consumer.lag()).items():
