@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,6 +47,7 @@ log = get_logger("painpath.coordinator")
 GROUP = "painpath-coordinator"
 TIMELINE_GROUP = "painpath-coordinator-timeline"
 READINESS_TIMEOUT = 3.0
+STOP_SECONDS = 10.0  # for the consumers, then again for the relay: within Kubernetes' 30 s grace
 
 
 class Metrics:
@@ -120,6 +121,24 @@ def _observer(metrics: Metrics, name: str):
     return observe
 
 
+async def _finish(tasks: list[asyncio.Task], timeout: float) -> list[str]:
+    """Wait for tasks asked to stop; cancel those still running after `timeout`.
+
+    Returns the names of the tasks cancelled."""
+    if not tasks:
+        return []
+    _, pending = await asyncio.wait(tasks, timeout=timeout)
+    for task in pending:
+        log.warning("stop_timed_out_cancelling", task=task.get_name(), timeout_s=timeout)
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending)
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("task_failed", task=task.get_name(), exc_info=task.exception())
+    return [task.get_name() for task in pending]
+
+
 def create_app(
     settings: Settings,
     endpoints: Endpoints,
@@ -175,26 +194,36 @@ def create_app(
         relay = OutboxRelay(
             endpoints.database_url, pool, producer, CARE_TASKS.full_name(prefix), notifier
         )
-        tasks = [
-            *(asyncio.create_task(c.run(), name=c.name) for c in consumers),
-            asyncio.create_task(relay.run(), name="relay"),
-        ]
+        consuming = [asyncio.create_task(c.run(), name=c.name) for c in consumers]
+        relaying = asyncio.create_task(relay.run(), name="relay")
+        tasks = [*consuming, relaying]
         state.update(pool=pool, consumers=consumers, relay=relay, tasks=tasks)
         log.info("coordinator_started", templates=templates.id, people=len(roster.people))
         try:
             yield
         finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with suppress(asyncio.CancelledError, Exception):
-                    await task
+            # SIGTERM (uvicorn stopped taking requests first): the consumers finish the record in
+            # hand and commit, then the relay publishes what they wrote; whatever outlasts
+            # STOP_SECONDS is cancelled (at-least-once: the next instance finds it applied).
+            stopping_at = time.monotonic()
+            log.info("coordinator_stopping")
+            for consumer in consumers:
+                consumer.stop()
+            cancelled = await _finish(consuming, STOP_SECONDS)
+            relay.stop()
+            cancelled += await _finish([relaying], STOP_SECONDS)
             for consumer in kafka_consumers:
-                await consumer.stop()
+                await consumer.stop()  # leaves the group: its partitions move on at once
             await producer.stop()
             await notifier.stop()
             await pool.close()
-            log.info("coordinator_stopped")
+            log.info(
+                "coordinator_stopped",
+                graceful=not cancelled,
+                cancelled=cancelled,
+                relay_published=relay.published,
+                seconds=round(time.monotonic() - stopping_at, 2),
+            )
 
     app = FastAPI(
         title="Painpath coordinator",

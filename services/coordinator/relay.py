@@ -198,33 +198,70 @@ class OutboxRelay:
         self._notifier = notifier
         self.published = 0
         self.active = False
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Ask `run` to return once what is in the outbox now is published (when leading).
+
+        Asked after the consumers stopped, so that nothing they wrote is left for the next
+        instance: the batch being sent is finished, then the outbox is drained."""
+        self._stopping.set()
 
     async def run(self) -> None:
-        """Relay until cancelled; reconnects after database or broker failures."""
-        while True:
+        """Relay until `stop` or cancelled; reconnects after database or broker failures."""
+        while not self._stopping.is_set():
             try:
                 await self._run_while_leader()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 self.active = False
+                if self._stopping.is_set():
+                    log.warning("relay_failed_stopping", exc_info=True)
+                    return
                 log.warning("relay_failed_retrying", exc_info=True)
-                await asyncio.sleep(1.0)
+                await self._pause(1.0)
+        log.info("relay_stopped", published=self.published)
 
     async def _run_while_leader(self) -> None:
         leader = await asyncpg.connect(self._database_url)
         try:
             while not await leader.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK):
-                await asyncio.sleep(2.0)
+                if await self._pause(2.0):
+                    return  # a standby has nothing to hand over
             self.active = True
             log.info("relay_leading")
             while True:
+                # Read before publishing: a stop asked for meanwhile still gets one more pass.
+                stopping = self._stopping.is_set()
                 if await self.publish_pending() < BATCH:
-                    await self._notifier.wait()
+                    if stopping:
+                        return
+                    await self._wait_for_change()
         finally:
             self.active = False
             with suppress(Exception):
                 await leader.close()  # releases the advisory lock
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep `seconds`, less if a stop is asked for; True when stopping."""
+        with suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
+        return self._stopping.is_set()
+
+    async def _wait_for_change(self) -> None:
+        """Until the notifier wakes the relay (a change, or its poll interval) or a stop."""
+        waits = [
+            asyncio.ensure_future(self._notifier.wait()),
+            asyncio.ensure_future(self._stopping.wait()),
+        ]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
 
     async def publish_pending(self) -> int:
         """Publish the oldest unpublished changes (one batch); return how many."""
