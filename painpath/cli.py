@@ -13,6 +13,9 @@ from shared.logging import configure_logging
 from shared.settings import Settings
 from shared.stack import LocalStack, resolve_endpoints
 
+# Kubernetes waits 30 s after SIGTERM: open connections get 5, the services' shutdown the rest.
+SHUTDOWN_GRACE_SECONDS = 5
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 stack_app = typer.Typer(no_args_is_help=True, help="The local broker and PostgreSQL.")
 topics_app = typer.Typer(no_args_is_help=True, help="Kafka topics of the catalog.")
@@ -294,10 +297,8 @@ def classifier(
     port: int = typer.Option(None, help="Web port (health, metrics); default: CLASSIFIER_PORT"),
 ) -> None:
     """Run one streaming classifier worker (start several for more throughput)."""
-    import faust
-
+    from services.classifier.app import create_app
     from services.classifier.policy import PolicyError, load_policy
-    from services.classifier.stream import create_app
 
     settings = _settings()
     if port:
@@ -309,21 +310,14 @@ def classifier(
         raise typer.Exit(2) from None
     endpoints = resolve_endpoints(settings)
     configure_logging(settings.log_level, endpoints.pseudonym_key)
-    datadir = settings.painpath_state_dir / f"classifier-{settings.classifier_port}"
-    datadir.mkdir(parents=True, exist_ok=True)
-    faust_app = create_app(settings, endpoints, policy, datadir)
     typer.echo(
         f"classifier worker, policy {policy.id}, on http://{settings.classifier_host}:"
         f"{settings.classifier_port}/readyz"
     )
-    worker = faust.Worker(
-        faust_app,
-        loglevel=settings.log_level,
-        override_logging=False,
-        redirect_stdouts=False,
-        quiet=True,  # no start-up banner or spinner on stdout: our logs say what happened
-    )
-    worker.execute_from_commandline()
+    asgi_app = create_app(settings, endpoints, policy)
+    _serve("classifier", asgi_app, settings.classifier_host, settings.classifier_port)
+    if asgi_app.state.failed:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -382,12 +376,24 @@ def contract_export(
 
 
 def _serve(name: str, asgi_app, host: str, port: int) -> None:
-    """Serve an HTTP service until SIGTERM or Ctrl-C (uvicorn stops gracefully)."""
+    """Serve an HTTP service until SIGTERM or Ctrl-C, then stop gracefully: open connections
+    (a dashboard's live stream) get `SHUTDOWN_GRACE_SECONDS`, then the app's own shutdown runs.
+    The app may stop the server itself through `app.state.server.should_exit`."""
     import uvicorn
 
     typer.echo(f"{name} on http://{host}:{port}  (OpenAPI: http://{host}:{port}/docs)")
     # Our logging is configured already; uvicorn's access log would print paths with patient ids.
-    uvicorn.run(asgi_app, host=host, port=port, log_config=None, access_log=False)
+    config = uvicorn.Config(
+        asgi_app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
+    )
+    server = uvicorn.Server(config)
+    asgi_app.state.server = server
+    server.run()
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from shared.logging import SafeMessage
 from shared.settings import Settings
-from shared.topics import CATALOG, Topic
+from shared.topics import ALL_TOPICS, Topic
 
 TOPIC_ALREADY_EXISTS = 36
 
@@ -71,7 +71,7 @@ class TopicResult:
 async def create_topics(
     settings: Settings,
     bootstrap_servers: str,
-    topics: tuple[Topic, ...] = CATALOG,
+    topics: tuple[Topic, ...] = ALL_TOPICS,
 ) -> list[TopicResult]:
     """Create the catalog's topics; topics that exist are checked, never changed.
 

@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     classifier_as_of: AwareDatetime | None = None
     classifier_session_timeout_seconds: float = Field(default=10, gt=0)
     classifier_cache_patients: int = Field(default=50_000, gt=0)
+    classifier_fetch_wait_ms: int = Field(default=20, ge=0)
+    classifier_max_batch: int = Field(default=10_000, gt=0)
+    classifier_decision_delay_seconds: float = Field(default=5, ge=0)
 
     # Coordinator
     coordinator_host: str = "127.0.0.1"

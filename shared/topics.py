@@ -82,4 +82,21 @@ CARE_TASKS = Topic(
     retention_ms=90 * DAY_MS,
 )
 
+# Internal: the classifier's state, read only by the classifier itself.
+CLASSIFIER_HISTORY = Topic(
+    name="painpath.classifier.history.v1",
+    summary=(
+        "The classifier's state: every admitted event, once, in admission order, on the"
+        " partition of its input record (framed batches of original bytes)."
+    ),
+    partitions=PATIENT_PARTITIONS,
+    key="the input offsets the batch covers",
+    # Never compacted: records are batches of events, not the latest value of a key.
+    cleanup_policy="delete",
+    retention_ms=-1,
+)
+
+# The topics other systems read or write: documented in the AsyncAPI document.
 CATALOG: tuple[Topic, ...] = (EVENTS, EVENTS_DLQ, DETERMINATIONS, CARE_TASKS)
+# Every topic `painpath topics create` makes.
+ALL_TOPICS: tuple[Topic, ...] = (*CATALOG, CLASSIFIER_HISTORY)

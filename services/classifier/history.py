@@ -51,6 +51,10 @@ class PatientHistory:
             self._parsed.append(event)
         return Admission.NEW
 
+    def forget_parsed(self) -> None:
+        """Drop the parsed events (they are parsed again from the texts when needed)."""
+        self._parsed = None
+
     @property
     def events(self) -> list[Event]:
         """The admitted events, parsed once per process (they were valid when admitted)."""

@@ -15,6 +15,7 @@ from pathlib import Path
 from services.classifier.determination import Determination
 from services.classifier.history import CONFLICT_REASON, Admission, PatientHistory
 from services.classifier.policy import Policy
+from services.classifier.records import Rejection, read_record
 from services.classifier.rules import evaluate
 from shared.contract import ContractViolation, parse_event
 
@@ -48,22 +49,17 @@ def expected_from_records(
 ) -> tuple[dict[str, Determination], int]:
     """What the streaming classifier must end with after these Kafka records, in this order.
 
-    Admits records as the stream does (not UTF-8 text, a contract breach, a key other than the
-    patient id, or a conflicting duplicate is a dead letter) and decides each patient as of
+    Admits records as the stream does (`records.read_record`, then a conflicting duplicate is a
+    dead letter too) and decides each patient as of
     `as_of`. Returns the determinations by patient id and the number of dead letters.
     """
     admitted, dead = [], 0
     for key, value in records:
-        try:
-            text = value.decode("utf-8")
-            event = parse_event(text)
-        except (UnicodeDecodeError, ContractViolation):
+        read = read_record(key, value)
+        if isinstance(read, Rejection):
             dead += 1
-            continue
-        if key != event.patient_id.encode():
-            dead += 1
-            continue
-        admitted.append(text)
+        else:
+            admitted.append(read[1])
     histories, conflicts = read_histories(admitted)
     determinations = {
         patient_id: evaluate(history.events, policy, as_of)

@@ -1,59 +1,71 @@
-"""The streaming classifier (faust): `pain.events.v1` in, `pain.determinations.v1` out.
+"""The streaming classifier: `pain.events.v1` in, `pain.determinations.v1` out.
 
-- Each patient's admitted events are kept in the changelog-backed table `patients` (the
-  original JSON texts, and the id of the determination last published), so state survives a
-  restart and moves with its partition when workers join or leave.
-- A record that breaks the contract (not UTF-8, not JSON, unknown type, invalid fields, a key
-  that is not its patient id, a conflicting duplicate) is copied to `pain.events.dlq.v1` with
-  its original key, value and headers, plus headers naming the reason and where it came from;
-  the stream goes on.
-- A determination is published, keyed by patient, only when its id changes: the id is derived
-  from the decision and its evidence, so re-delivered input never yields a second, different
-  message.
-- Every `CLASSIFIER_REEVALUATE_SECONDS` each worker re-decides the patients of its partitions,
-  since status changes as time passes (90 and 365 days, a trial reaching its minimum days).
+A worker is one member of the consumer group `painpath-classifier`; start several and the
+partitions are shared between them. The design, and why it is not a faust agent, is in the
+README ("The streaming classifier"). In short:
 
-Delivery is at-least-once (faust's default): offsets are committed after processing, so a crash
-re-delivers, and re-delivery is idempotent by the contract's (source, id).
+- **Batches.** Records are fetched in batches (up to `CLASSIFIER_MAX_BATCH`). Each record is read
+  (`records.read_record`) and admitted to its patient's history (`history.admit`: a duplicate
+  changes nothing, a conflicting one is refused). Refused records go to `pain.events.dlq.v1` with
+  their original key, value and headers plus headers naming the reason and where they came from.
+- **State.** Each owned partition's histories live in memory. What a batch admitted is appended,
+  as framed original bytes, to the partition of the same number of the internal topic
+  `painpath.classifier.history.v1`: one record per partition per batch, not one per event or per
+  patient. A partition's histories are rebuilt from it when the partition is assigned.
+- **Decisions.** A patient touched by a batch is marked dirty; dirty patients are re-decided
+  (`rules.evaluate`) once the worker has caught up, or, during a backfill, at most every
+  `CLASSIFIER_DECISION_DELAY_SECONDS` (and never more than a quarter of the time), so a patient
+  with a hundred events in a backfill is decided a few times, not a hundred. A determination is
+  published, keyed by patient, on the partition of its input, only when its id differs from the
+  last one published for that patient.
+- **Delivery.** After each batch every send (history, dead letters, determinations) is
+  acknowledged by the broker (`acks=all`) before the input offsets are committed. A crash
+  re-delivers the uncommitted records, whose admission is idempotent.
+- **No duplicate determinations after a crash.** What was published is read back from
+  `pain.determinations.v1` itself when a partition is assigned, not from state that a crash may
+  have left behind it; every restored patient is then re-decided, so a determination that was
+  decided but not yet published when a worker died is published by the next owner.
+- **Time passing.** Every `CLASSIFIER_REEVALUATE_SECONDS` all patients of the owned partitions
+  are marked dirty: status changes at 90 and 365 days and when a trial reaches its minimum days.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 
-import faust
-import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.partitioner import murmur2
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.classifier.determination import Determination, Status
 from services.classifier.history import CONFLICT_REASON, Admission, PatientHistory
 from services.classifier.policy import Policy
+from services.classifier.records import Rejection, read_record
 from services.classifier.rules import evaluate
 from shared import dead_letter, tracing
 from shared.contract import ContractViolation, parse_event
+from shared.kafka import client_options, end_offsets
 from shared.logging import get_logger
 from shared.progress import Progress
 from shared.settings import Settings
 from shared.stack import Endpoints
-from shared.topics import DETERMINATIONS, EVENTS, EVENTS_DLQ
+from shared.topics import CLASSIFIER_HISTORY, DETERMINATIONS, EVENTS, EVENTS_DLQ
 
 log = get_logger("painpath.classifier")
 
 GROUP = "painpath-classifier"
-YIELD_EVERY = 200  # patients re-decided between two yields to the event loop
+YIELD_EVERY = 200  # patients decided between two yields to the event loop
+HISTORY_FORMAT = b"\x01"  # framing version of a history record
+HISTORY_CHUNK_BYTES = 512 * 1024  # history records stay well under the broker's message limit
+CAUGHT_UP_RECORDS = 1_000  # below this lag a worker decides at once: latency over batching
+DECISION_SHARE = 4  # during a backfill, decide at most every 4x the last pass's duration
 
 
 class Metrics:
@@ -79,8 +91,14 @@ class Metrics:
         )
         self.latency = Histogram(
             "painpath_classifier_processing_seconds",
-            "From the record's broker timestamp to its determination being decided",
+            "From the record's broker timestamp to its patient being decided",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=self.registry,
+        )
+        self.batch = Histogram(
+            "painpath_classifier_batch_records",
+            "Records per fetched batch",
+            buckets=(1, 10, 100, 500, 1_000, 2_500, 5_000, 10_000, 25_000),
             registry=self.registry,
         )
         self.lag = Gauge(
@@ -94,6 +112,32 @@ class Metrics:
             "Patients re-decided because time passed",
             registry=self.registry,
         )
+        self.decided = Counter(
+            "painpath_classifier_decided_patients",
+            "Patients decided (a determination computed), published or not",
+            registry=self.registry,
+        )
+        self.dirty = Gauge(
+            "painpath_classifier_dirty_patients",
+            "Patients with admitted events not decided yet",
+            registry=self.registry,
+        )
+        self.restores = Counter(
+            "painpath_classifier_restored_partitions",
+            "Partitions whose state was rebuilt from the history topic",
+            registry=self.registry,
+        )
+        self.restore_seconds = Histogram(
+            "painpath_classifier_restore_seconds",
+            "Time to rebuild one partition's state",
+            buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            registry=self.registry,
+        )
+        self.commit_failures = Counter(
+            "painpath_classifier_commit_failures",
+            "Offset commits refused (a rebalance took the partitions; the records are re-read)",
+            registry=self.registry,
+        )
         for outcome in ("new", "duplicate", "dead_letter"):
             self.events.labels(outcome)
         for status in Status:
@@ -105,263 +149,510 @@ def partition_of(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
-def _credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
-    protocol = settings.kafka_security_protocol
-    if protocol == "PLAINTEXT":
-        return None
-    from shared.kafka import client_options
+def encode_history(texts: list[bytes]) -> bytes:
+    """One history record: the original bytes of admitted events, each with a 4-byte length."""
+    return HISTORY_FORMAT + b"".join(len(text).to_bytes(4, "big") + text for text in texts)
 
-    options = client_options(settings, "")
-    ssl_context = options.get("ssl_context")
-    if protocol.startswith("SASL"):
-        return faust.SASLCredentials(
-            username=settings.kafka_sasl_username,
-            password=options["sasl_plain_password"],
-            mechanism=options["sasl_mechanism"],
-            ssl_context=ssl_context,
-        )
-    return faust.SSLCredentials(ssl_context)
+
+def decode_history(value: bytes) -> Iterator[bytes]:
+    if value[:1] != HISTORY_FORMAT:
+        raise ValueError(f"unknown history record format {value[:1]!r}")
+    position = 1
+    while position < len(value):
+        length = int.from_bytes(value[position : position + 4], "big")
+        position += 4
+        yield value[position : position + length]
+        position += length
+
+
+def _chunks(texts: list[bytes], limit: int = HISTORY_CHUNK_BYTES) -> Iterator[list[bytes]]:
+    chunk, size = [], 0
+    for text in texts:
+        if chunk and size + len(text) > limit:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(text)
+        size += len(text) + 4
+    if chunk:
+        yield chunk
+
+
+@dataclass
+class Dirty:
+    partition: int
+    traceparent: str
+    timestamp_ms: int | None  # the newest record's broker timestamp, for the latency histogram
+
+
+@dataclass
+class PartitionState:
+    patients: dict[bytes, PatientHistory] = field(default_factory=dict)
+    next_offset: int | None = None  # the input offset after the last one processed
+    committed: int | None = None  # the last offset committed for the group
+
+
+class ParsedCache:
+    """Which histories keep their parsed events (the rest keep only their texts): bounded memory."""
+
+    def __init__(self, size: int):
+        self._size = size
+        self._order: OrderedDict[int, PatientHistory] = OrderedDict()
+
+    def touch(self, history: PatientHistory) -> None:
+        self._order[id(history)] = history
+        self._order.move_to_end(id(history))
+        while len(self._order) > self._size:
+            _, evicted = self._order.popitem(last=False)
+            evicted.forget_parsed()
+
+    def clear(self) -> None:
+        self._order.clear()
 
 
 class Classifier:
-    """The per-record work, apart from faust's wiring (so that it reads top to bottom)."""
+    """One worker: consumes, keeps state, decides, publishes; see the module's docstring."""
 
     def __init__(
         self,
+        settings: Settings,
+        endpoints: Endpoints,
         policy: Policy,
-        table: faust.Table,
-        dead_letters: faust.TopicT,
-        determinations: faust.TopicT,
-        clock: Callable[[], datetime],
-        metrics: Metrics,
-        cache_size: int,
-        progress: Progress,
+        clock: Callable[[], datetime] | None = None,
+        metrics: Metrics | None = None,
     ):
+        self.settings = settings
+        self.endpoints = endpoints
         self.policy = policy
-        self.table = table
-        self.dead_letters = dead_letters
-        self.determinations = determinations
-        self.clock = clock
-        self.metrics = metrics
-        self.cache_size = cache_size
-        self.progress = progress
-        self._cache: OrderedDict[bytes, PatientHistory] = OrderedDict()
+        fixed = settings.classifier_as_of
+        self.clock = clock or ((lambda: fixed) if fixed else (lambda: datetime.now(UTC)))
+        self.metrics = metrics or Metrics()
+        prefix = settings.kafka_topic_prefix
+        self.group = f"{prefix}{GROUP}"
+        self.events_topic = EVENTS.full_name(prefix)
+        self.dlq_topic = EVENTS_DLQ.full_name(prefix)
+        self.determinations_topic = DETERMINATIONS.full_name(prefix)
+        self.history_topic = CLASSIFIER_HISTORY.full_name(prefix)
+        self.progress = Progress(settings.progress_watchdog_seconds)
+        self.owned: dict[int, PartitionState] = {}
+        self.dirty: dict[bytes, Dirty] = {}
+        self.dirty_since: float | None = None
+        self.last_pass_seconds = 0.0
+        self.restoring = False
+        self.started = asyncio.Event()
+        self.parsed = ParsedCache(settings.classifier_cache_patients)
+        self._lock = asyncio.Lock()
+        self._pending: list[asyncio.Future] = []
+        self._stopping = False
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
 
-    def forget_cache(self) -> None:
-        """Called on every rebalance: another worker may have changed what was cached."""
-        self._cache.clear()
-        self.progress.forget()
+    # -- lifecycle ---------------------------------------------------------------------------
 
-    def history(self, key: bytes) -> PatientHistory:
-        history = self._cache.get(key)
+    def _options(self) -> dict[str, object]:
+        return client_options(self.settings, self.endpoints.bootstrap_servers)
+
+    async def start(self) -> None:
+        self.producer = AIOKafkaProducer(
+            **self._options(),
+            acks="all",
+            linger_ms=2,
+            max_batch_size=1024 * 1024,
+            max_request_size=2 * 1024 * 1024,
+        )
+        await self.producer.start()
+        timeout_ms = int(self.settings.classifier_session_timeout_seconds * 1000)
+        self.consumer = AIOKafkaConsumer(
+            **self._options(),
+            group_id=self.group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=timeout_ms,
+            heartbeat_interval_ms=max(100, timeout_ms // 3),
+            fetch_max_wait_ms=self.settings.classifier_fetch_wait_ms,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        await self.consumer.start()
+        await self._check_co_partitioning()
+        self.consumer.subscribe([self.events_topic], listener=_Rebalance(self))
+        self.started.set()
+
+    async def _check_co_partitioning(self) -> None:
+        counts = {}
+        for topic in (self.events_topic, self.determinations_topic, self.history_topic):
+            partitions = await self.consumer._client._wait_on_metadata(topic)
+            counts[topic] = len(partitions or ())
+        if len(set(counts.values())) != 1:
+            raise RuntimeError(
+                f"input, determinations and history topics must have the same partition count,"
+                f" found {counts}: run `painpath topics create`"
+            )
+
+    def request_stop(self) -> None:
+        """Take no new batch; `run` returns once the batch in hand is committed."""
+        self._stopping = True
+
+    async def close(self) -> None:
+        """Leave the group (the partitions move at once) and close the clients."""
+        self._stopping = True
+        if self.consumer is not None:
+            await self.consumer.stop()
+        if self.producer is not None:
+            await self.producer.stop()
+
+    async def run(self) -> None:
+        """Consume until stopped. Each loop: fetch, admit, maybe decide, flush, commit."""
+        reevaluate_at = time.monotonic() + self.settings.classifier_reevaluate_seconds
+        max_batch = self.settings.classifier_max_batch
+        while not self._stopping:
+            try:
+                batches = await self.consumer.getmany(timeout_ms=200, max_records=max_batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                if self._stopping:
+                    return
+                raise
+            async with self._lock:
+                if self._stopping:
+                    return
+                if batches:
+                    self._consume(batches)
+                if time.monotonic() >= reevaluate_at:
+                    reevaluate_at = time.monotonic() + self.settings.classifier_reevaluate_seconds
+                    self._mark_all_dirty()
+                decided = await self._decide_dirty() if self._should_decide() else []
+                await self._deliver(decided)
+
+    # -- consuming -----------------------------------------------------------------------------
+
+    def _consume(self, batches: dict[TopicPartition, list]) -> None:
+        count = 0
+        for tp, records in batches.items():
+            state = self.owned.get(tp.partition)
+            if state is None or not records:
+                continue  # revoked while fetched: the next owner reads them
+            admitted: list[bytes] = []
+            first = records[0].offset
+            for record in records:
+                if self._admit(state, tp.partition, record):
+                    admitted.append(record.value)
+            count += len(records)
+            last = records[-1].offset
+            state.next_offset = last + 1
+            self.progress.processed(tp.partition, last)
+            for chunk in _chunks(admitted):
+                self._send(
+                    self.history_topic,
+                    encode_history(chunk),
+                    key=f"{first}-{last}".encode(),
+                    partition=tp.partition,
+                )
+        self.metrics.batch.observe(count)
+        self.metrics.dirty.set(len(self.dirty))
+
+    def _admit(self, state: PartitionState, partition: int, record) -> bool:
+        """Admit one record; True when it is new to its patient's history."""
+        read = read_record(record.key, record.value)
+        if isinstance(read, Rejection):
+            self._dead_letter(record, read)
+            return False
+        event, text = read
+        history = state.patients.get(record.key)
         if history is None:
-            stored = self.table.get(key)
-            history = PatientHistory.from_record(stored) if stored else PatientHistory()
-            self._cache[key] = history
-            if len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-        else:
-            self._cache.move_to_end(key)
-        return history
-
-    async def handle(self, message: faust.types.Message) -> None:
-        await self._handle(message)
-        self.progress.processed(message.partition, message.offset)
-
-    async def _handle(self, message: faust.types.Message) -> None:
-        traceparent = tracing.continue_trace(tracing.from_headers(message.headers))
-        structlog.contextvars.clear_contextvars()
-        tracing.bind(traceparent)
-        try:
-            text = message.value.decode("utf-8")
-            event = parse_event(text)
-        except UnicodeDecodeError:
-            await self.dead_letter(message, "(event): not UTF-8 text", "(event)", "encoding")
-            return
-        except ContractViolation as violation:
-            first = violation.violations[0].field
-            await self.dead_letter(message, str(violation), first, "contract")
-            return
-        if message.key != event.patient_id.encode():
-            reason = "key: the record's key must be its event's data.patient_id"
-            await self.dead_letter(message, reason, "key", "key")
-            return
-        history = self.history(message.key)
+            history = state.patients[record.key] = PatientHistory()
         admission = history.admit(event, text)
         if admission is Admission.CONFLICT:
-            await self.dead_letter(message, f"id: {CONFLICT_REASON}", "id", "conflict")
-            return
+            self._dead_letter(record, Rejection(f"id: {CONFLICT_REASON}", "id", "conflict"))
+            return False
         self.metrics.events.labels(admission.value).inc()
-        if admission is Admission.NEW:
-            await self.decide(message.key, history, traceparent)
-            self.metrics.latency.observe(max(0.0, time.time() - message.timestamp))
+        if admission is Admission.DUPLICATE:
+            return False
+        traceparent = tracing.continue_trace(tracing.from_headers(record.headers))
+        self._mark_dirty(record.key, partition, traceparent, record.timestamp)
+        return True
 
-    async def decide(self, key: bytes, history: PatientHistory, traceparent: str) -> Determination:
-        """Re-decide one patient now; publish and remember the determination if it changed."""
-        determination = evaluate(history.events, self.policy, self.clock())
-        if determination.determination_id != history.published:
-            await self.determinations.send(
+    def _mark_dirty(
+        self, key: bytes, partition: int, traceparent: str, timestamp_ms: int | None
+    ) -> None:
+        if self.dirty_since is None:
+            self.dirty_since = time.monotonic()
+        self.dirty[key] = Dirty(partition, traceparent, timestamp_ms)
+
+    def _mark_all_dirty(self) -> None:
+        traceparent = tracing.continue_trace(None)  # time passing is a cause of its own
+        marked = 0
+        for partition, state in self.owned.items():
+            for key in state.patients:
+                if key not in self.dirty:
+                    self._mark_dirty(key, partition, traceparent, None)
+                    marked += 1
+        self.metrics.reevaluations.inc(marked)
+        log.info("reevaluating", patients=marked, partitions=len(self.owned))
+
+    def _dead_letter(self, record, rejection: Rejection) -> None:
+        headers = [
+            *(record.headers or ()),
+            (dead_letter.REASON, rejection.reason.encode()),
+            (dead_letter.FIELD, rejection.field.encode()),
+            (dead_letter.ORIGINAL_TOPIC, record.topic.encode()),
+            (dead_letter.ORIGINAL_PARTITION, str(record.partition).encode()),
+            (dead_letter.ORIGINAL_OFFSET, str(record.offset).encode()),
+            (dead_letter.FAILED_AT, datetime.now(UTC).isoformat().encode()),
+        ]
+        self._send(self.dlq_topic, record.value, key=record.key, headers=headers)
+        self.metrics.events.labels("dead_letter").inc()
+        self.metrics.dead_letters.labels(rejection.kind).inc()
+        log.info(
+            "dead_lettered",
+            kind=rejection.kind,
+            field=rejection.field,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            trace_id=tracing.trace_id_of(tracing.from_headers(record.headers)),
+        )
+
+    # -- deciding ------------------------------------------------------------------------------
+
+    def lag(self) -> dict[int, int]:
+        """Input records not yet processed, per owned partition (once a fetch told its end)."""
+        lags = {}
+        for partition, state in self.owned.items():
+            tp = TopicPartition(self.events_topic, partition)
+            highwater = self.consumer.highwater(tp)
+            if highwater is None or state.next_offset is None:
+                continue
+            lags[partition] = self.progress.lag(partition, highwater, state.next_offset)
+        return lags
+
+    def _should_decide(self) -> bool:
+        if not self.dirty:
+            return False
+        if sum(self.lag().values()) < CAUGHT_UP_RECORDS:
+            return True
+        waited = time.monotonic() - (self.dirty_since or time.monotonic())
+        delay = self.settings.classifier_decision_delay_seconds
+        return waited >= max(delay, DECISION_SHARE * self.last_pass_seconds)
+
+    async def _decide_dirty(self) -> list[tuple[bytes, int, Determination, str]]:
+        """Decide every dirty patient; return the determinations to publish (changed ones)."""
+        started = time.monotonic()
+        dirty, self.dirty, self.dirty_since = self.dirty, {}, None
+        now = self.clock()
+        changed = []
+        for done, (key, mark) in enumerate(dirty.items(), start=1):
+            state = self.owned.get(mark.partition)
+            history = state.patients.get(key) if state is not None else None
+            if history is not None:
+                determination = evaluate(history.events, self.policy, now)
+                self.parsed.touch(history)
+                self.metrics.decided.inc()
+                if mark.timestamp_ms is not None:
+                    self.metrics.latency.observe(max(0.0, time.time() - mark.timestamp_ms / 1000))
+                if determination.determination_id != history.published:
+                    changed.append((key, mark.partition, determination, mark.traceparent))
+            if done % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # health and metrics stay answered during a long pass
+        self.last_pass_seconds = time.monotonic() - started
+        self.metrics.dirty.set(len(self.dirty))
+        return changed
+
+    # -- delivering ----------------------------------------------------------------------------
+
+    def _send(self, topic: str, value: bytes, *, key, partition=None, headers=None) -> None:
+        """Queue a send; `_flush` waits for its acknowledgement."""
+        self._pending.append(
+            asyncio.ensure_future(
+                self.producer.send(topic, value, key=key, partition=partition, headers=headers)
+            )
+        )
+
+    async def _flush(self) -> None:
+        """Wait until the broker acknowledged every queued send (acks=all)."""
+        if self._pending:
+            pending, self._pending = self._pending, []
+            deliveries = await asyncio.gather(*pending)  # queued in the producer's buffer
+            await asyncio.gather(*deliveries)  # acknowledged by the broker
+
+    async def _commit(self, always: bool = False) -> bool:
+        """Commit the processed offsets; False when the group took the partitions meanwhile.
+
+        `always` commits even unchanged offsets: a check that this worker is still the owner.
+        """
+        offsets = {
+            TopicPartition(self.events_topic, partition): state.next_offset
+            for partition, state in self.owned.items()
+            if state.next_offset is not None and (always or state.next_offset != state.committed)
+        }
+        if not offsets:
+            return True
+        try:
+            await self.consumer.commit(offsets)
+        except (CommitFailedError, KafkaError):
+            # A rebalance took the partitions: what was not committed is read again by their
+            # next owner, and admitting it again changes nothing.
+            self.metrics.commit_failures.inc()
+            log.warning("commit_failed", partitions=len(offsets))
+            return False
+        for tp, offset in offsets.items():
+            self.owned[tp.partition].committed = offset
+        return True
+
+    async def _deliver(self, decided: list[tuple[bytes, int, Determination, str]]) -> None:
+        """History and dead letters acknowledged, offsets committed, then determinations.
+
+        Committing before publishing fences a worker that lost its partitions without knowing
+        it (paused past its session timeout): its commit fails and it publishes nothing, so it
+        cannot repeat what the partitions' new owner, which re-decides every patient it
+        restores, has published meanwhile. A crash after the commit loses no determination for
+        the same reason.
+        """
+        await self._flush()
+        if not await self._commit(always=bool(decided)):
+            return  # the next owner re-decides these patients
+        for key, partition, determination, traceparent in decided:
+            history = self.owned[partition].patients[key]
+            self._send(
+                self.determinations_topic,
+                determination.model_dump_json().encode(),
                 key=key,
-                value=determination.model_dump_json().encode(),
+                partition=partition,
                 headers=[
                     ("content-type", b"application/json"),
                     (tracing.TRACEPARENT, traceparent.encode()),
                 ],
             )
-            log.debug("determination_published", status=determination.status.value)
             history.published = determination.determination_id
             self.metrics.determinations.labels(determination.status.value).inc()
-        self.table[key] = history.to_record()
-        return determination
+            log.debug(
+                "determination_published",
+                status=determination.status.value,
+                trace_id=tracing.trace_id_of(traceparent),
+            )
+        await self._flush()
 
-    async def dead_letter(self, message: faust.types.Message, reason: str, field: str, kind: str):
-        headers = [
-            *(message.headers.items() if isinstance(message.headers, dict) else message.headers),
-            (dead_letter.REASON, reason.encode()),
-            (dead_letter.FIELD, field.encode()),
-            (dead_letter.ORIGINAL_TOPIC, message.topic.encode()),
-            (dead_letter.ORIGINAL_PARTITION, str(message.partition).encode()),
-            (dead_letter.ORIGINAL_OFFSET, str(message.offset).encode()),
-            (dead_letter.FAILED_AT, datetime.now(UTC).isoformat().encode()),
-        ]
-        await self.dead_letters.send(key=message.key, value=message.value, headers=headers)
-        self.metrics.events.labels("dead_letter").inc()
-        self.metrics.dead_letters.labels(kind).inc()
+    # -- rebalancing ---------------------------------------------------------------------------
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        async with self._lock:  # the batch in hand is finished first
+            if not self._stopping:
+                await self._commit()  # in case its commit met the rebalance
+            for tp in revoked:
+                if tp.topic == self.events_topic:
+                    self.owned.pop(tp.partition, None)
+            # Undecided patients of revoked partitions: their next owner re-decides them all.
+            self.dirty = {
+                key: mark for key, mark in self.dirty.items() if mark.partition in self.owned
+            }
+            self.parsed.clear()
+            self.progress.forget()
+
+    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Every assigned partition's state is rebuilt, even one this worker had before: another
+        worker may have owned it in between (a worker paused past its session timeout does not
+        know it was replaced)."""
+        async with self._lock:
+            self.restoring = True
+            try:
+                for tp in sorted(assigned):
+                    if tp.topic != self.events_topic or tp.partition in self.owned:
+                        continue
+                    committed = await self.consumer.committed(tp)
+                    self.owned[tp.partition] = await self._restore(tp.partition, committed)
+            finally:
+                self.restoring = False
+
+    async def _restore(self, partition: int, committed: int | None) -> PartitionState:
+        """Rebuild a partition's histories from the history topic and what was published
+        from the determinations topic; every patient is then re-decided (dirty)."""
+        started = time.monotonic()
+        state = PartitionState(next_offset=committed, committed=committed)
+        restored = 0
+        async for value in self._read_partition(self.history_topic, partition):
+            for text in decode_history(value):
+                try:
+                    decoded = text.decode("utf-8")
+                    event = parse_event(decoded)
+                except (UnicodeDecodeError, ContractViolation):
+                    # Admitted once, so only a contract change can make it unreadable now.
+                    log.error("history_event_unreadable", partition=partition)
+                    continue
+                key = event.patient_id.encode()
+                history = state.patients.get(key)
+                if history is None:
+                    history = state.patients[key] = PatientHistory()
+                history.admit(event, decoded)
+                restored += 1
+        published = 0
+        async for key, value in self._read_partition(
+            self.determinations_topic, partition, keys=True
+        ):
+            history = state.patients.get(key)
+            if history is not None:
+                history.published = json.loads(value)["determination_id"]
+                published += 1
+        traceparent = tracing.continue_trace(None)
+        for key in state.patients:
+            self._mark_dirty(key, partition, traceparent, None)
+        seconds = time.monotonic() - started
+        self.metrics.restores.inc()
+        self.metrics.restore_seconds.observe(seconds)
         log.info(
-            "dead_lettered",
-            kind=kind,
-            field=field,
-            topic=message.topic,
-            partition=message.partition,
-            offset=message.offset,
+            "partition_restored",
+            partition=partition,
+            patients=len(state.patients),
+            events=restored,
+            determinations=published,
+            seconds=round(seconds, 3),
         )
+        return state
 
-    async def reevaluate(self, active_partitions: set[int], partitions: int) -> int:
-        """Re-decide every patient of the active partitions; return how many."""
-        done = 0
-        for key in list(self.table.keys()):
-            if partition_of(key, partitions) not in active_partitions:
-                continue  # left behind by a partition this worker no longer owns
-            # Time passing is a cause of its own: a new trace.
-            await self.decide(key, self.history(key), tracing.continue_trace(None))
-            done += 1
-            if done % YIELD_EVERY == 0:
-                await asyncio.sleep(0)
-        self.metrics.reevaluations.inc(done)
-        return done
+    async def _read_partition(self, topic: str, partition: int, keys: bool = False):
+        """Every record of one partition, from its start to its end at the time of the call."""
+        reader = AIOKafkaConsumer(**self._options(), enable_auto_commit=False, fetch_max_wait_ms=50)
+        await reader.start()
+        try:
+            tp = TopicPartition(topic, partition)
+            end = (await end_offsets(reader, [tp]))[tp]
+            reader.seek(tp, 0)
+            position = 0
+            while position < end:
+                batches = await reader.getmany(tp, timeout_ms=500, max_records=10_000)
+                for record in batches.get(tp, ()):
+                    if record.offset >= end:
+                        break
+                    if keys:
+                        yield record.key, record.value
+                    else:
+                        yield record.value
+                position = await reader.position(tp)
+        finally:
+            await reader.stop()
 
+    # -- readiness -----------------------------------------------------------------------------
 
-def create_app(
-    settings: Settings, endpoints: Endpoints, policy: Policy, datadir: Path
-) -> faust.App:
-    """The classifier worker's faust app, wired to the configured topics."""
-    prefix = settings.kafka_topic_prefix
-    metrics = Metrics()
-    app = faust.App(
-        f"{prefix}{GROUP}",
-        broker=[f"kafka://{server}" for server in endpoints.bootstrap_servers.split(",")],
-        broker_credentials=_credentials(settings),
-        store="memory://",
-        datadir=str(datadir),
-        topic_partitions=EVENTS.partitions,
-        topic_replication_factor=settings.kafka_replication_factor,
-        table_standby_replicas=0,
-        consumer_auto_offset_reset="earliest",
-        broker_session_timeout=settings.classifier_session_timeout_seconds,
-        producer_acks=-1,
-        web_host=settings.classifier_host,
-        web_port=settings.classifier_port,
-        web_in_thread=False,
-    )
-    events_name = EVENTS.full_name(prefix)
-    # Raw bytes in and out: decoding is ours, so that a record that is not JSON is a dead
-    # letter instead of a crash inside faust's deserializer.
-    raw = {
-        "key_type": bytes,
-        "value_type": bytes,
-        "key_serializer": "raw",
-        "value_serializer": "raw",
-    }
-    events = app.topic(events_name, partitions=EVENTS.partitions, **raw)
-    dead_letters = app.topic(EVENTS_DLQ.full_name(prefix), partitions=EVENTS_DLQ.partitions, **raw)
-    determinations = app.topic(
-        DETERMINATIONS.full_name(prefix), partitions=DETERMINATIONS.partitions, **raw
-    )
-    # use_partitioner: the re-evaluation timer writes outside stream iteration; keys are the
-    # raw patient id bytes, partitioned like the input, so the changelog stays co-partitioned.
-    table = app.Table(
-        "patients",
-        key_type=bytes,
-        partitions=EVENTS.partitions,
-        default=None,
-        use_partitioner=True,
-    )
-    fixed = settings.classifier_as_of
-    classifier = Classifier(
-        policy,
-        table,
-        dead_letters,
-        determinations,
-        clock=(lambda: fixed) if fixed else (lambda: datetime.now(UTC)),
-        metrics=metrics,
-        cache_size=settings.classifier_cache_patients,
-        progress=Progress(settings.progress_watchdog_seconds),
-    )
-
-    async def lag() -> dict[int, int]:
-        lags = {}
-        for partition in app.consumer.assignment():
-            if partition.topic != events_name:
-                continue
-            highwater = app.consumer.highwater(partition)
-            position = await app.consumer.position(partition)
-            if highwater is not None and position is not None:
-                lags[partition.partition] = classifier.progress.lag(
-                    partition.partition, highwater, position
-                )
-        return lags
-
-    @app.agent(events, name="classify")
-    async def classify(stream):
-        async for event in stream.events():
-            await classifier.handle(event.message)
-
-    @app.timer(interval=settings.classifier_reevaluate_seconds)
-    async def reevaluate() -> None:
-        active = {tp.partition for tp in app.consumer.assignment() if tp.topic == events_name}
-        if active:
-            done = await classifier.reevaluate(active, EVENTS.partitions)
-            log.info("reevaluated", patients=done, partitions=len(active))
-
-    @app.on_partitions_revoked.connect
-    async def on_revoked(app, revoked, **kwargs) -> None:
-        classifier.forget_cache()
-
-    @app.page("/healthz")
-    async def healthz(web, request):
-        return web.json({"status": "ok"})
-
-    @app.page("/readyz")
-    async def readyz(web, request):
-        assigned = bool(app.consumer.assignment()) if app.consumer else False
-        recovered = app.tables.recovery.completed.is_set()
-        waiting = sum((await lag()).values()) if assigned else 0
-        progressing = not classifier.progress.stalled(waiting)
-        ready = assigned and recovered and progressing
-        checks = {
-            "partitions_assigned": assigned,
-            "state_recovered": recovered,
-            "progressing": progressing,
-            "lag": waiting,
+    def readiness(self) -> dict[str, object]:
+        assigned = bool(self.owned) and self.consumer is not None
+        waiting = sum(self.lag().values()) if assigned else 0
+        progressing = not self.progress.stalled(waiting)
+        ready = assigned and not self.restoring and progressing
+        return {
+            "ready": ready,
+            "checks": {
+                "partitions_assigned": assigned,
+                "state_recovered": not self.restoring,
+                "progressing": progressing,
+                "lag": waiting,
+            },
         }
-        return web.json({"ready": ready, "checks": checks}, status=200 if ready else 503)
 
-    @app.page("/metrics")
-    async def prometheus(web, request):
-        for partition, waiting in (await lag()).items():
-            metrics.lag.labels(str(partition)).set(waiting)
-        # aiohttp takes the charset apart from the media type
-        media_type = CONTENT_TYPE_LATEST.split(";")[0]
-        return web.bytes(generate_latest(metrics.registry), content_type=media_type)
 
-    return app
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, classifier: Classifier):
+        self._classifier = classifier
+
+    async def on_partitions_revoked(self, revoked):
+        await self._classifier.on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned):
+        await self._classifier.on_assigned(set(assigned))

@@ -21,14 +21,13 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 from pydantic import BaseModel
 
-from shared.contract import ContractViolation, Violation, parse_event
+from shared.contract import MAX_EVENT_BYTES, ContractViolation, Violation, parse_event
 from shared.contract.events import KEY_MAX_LENGTH
 from shared.logging import SafeMessage
 from shared.settings import ApiKey
 
 MAX_BATCH = 1000
 # One clinical event is small; the broker's default record limit is 1 MiB.
-MAX_EVENT_BYTES = 512 * 1024
 
 
 class ItemStatus(StrEnum):

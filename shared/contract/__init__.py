@@ -6,6 +6,7 @@ JSON value) and returns the typed event, or raises `ContractViolation` naming ea
 
 from shared.contract.events import (
     EVENT_MODELS,
+    MAX_EVENT_BYTES,
     AssessmentKind,
     AssessmentRecorded,
     Classification,
@@ -31,6 +32,7 @@ from shared.contract.events import (
 
 __all__ = [
     "EVENT_MODELS",
+    "MAX_EVENT_BYTES",
     "AssessmentKind",
     "AssessmentRecorded",
     "Classification",

@@ -43,6 +43,9 @@ PatientId = Annotated[
 NonEmpty = Annotated[str, StringConstraints(min_length=1)]
 # The idempotency key (source, id) is stored and indexed: bounded, like the patient id.
 KEY_MAX_LENGTH = 256
+# The largest event accepted, as bytes on the wire: the gateway rejects a larger item and the
+# classifier dead-letters a larger record produced straight to Kafka.
+MAX_EVENT_BYTES = 512 * 1024
 KeyPart = Annotated[str, StringConstraints(min_length=1, max_length=KEY_MAX_LENGTH)]
 
 

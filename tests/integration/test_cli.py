@@ -19,7 +19,7 @@ import pytest
 
 from shared.ports import free_port
 from shared.stack import LocalStack
-from shared.topics import EVENTS
+from shared.topics import ALL_TOPICS, EVENTS
 from tests.conftest import API_KEY, ARTIFACTS, TEST_KEYS, read_topic, remember_patient_ids
 
 pytestmark = pytest.mark.integration
@@ -72,8 +72,8 @@ def test_stack_up_is_idempotent_and_down_stops_it(state_dir: Path):
     assert state is not None
     assert first.stdout == second.stdout  # the same broker (pid, port) and database, reused
     assert f"pid {state.broker_pid}" in first.stdout
-    assert topics.stdout.count("created") == 4
-    assert topics_again.stdout.count("exists") == 4
+    assert topics.stdout.count("created") == len(ALL_TOPICS)
+    assert topics_again.stdout.count("exists") == len(ALL_TOPICS)
     assert "0001_gateway_idempotency" in migrated.stdout
     assert down.returncode == 0, down.stderr
     assert stack.state() is None

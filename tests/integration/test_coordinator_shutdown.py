@@ -191,14 +191,6 @@ def exit_status(process, timeout: float) -> int | None:
         return None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "uvicorn waits, without a time limit (painpath/cli.py sets no timeout_graceful_shutdown),"
-        " for open connections before the lifespan shutdown, and GET /v1/stream (the dashboard's"
-        " live board) only ends when its client leaves: SIGTERM is held until then"
-    ),
-)
 async def test_an_open_task_stream_does_not_hold_the_stop(settings, endpoints, tmp_path):
     env = service_env(
         settings.kafka_bootstrap_servers,
