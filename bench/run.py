@@ -72,10 +72,10 @@ AS_OF = "2026-06-30T00:00:00+00:00"  # the simulated feeds end before it; classi
 CLASSIFIER_GROUP = "painpath-classifier"
 COORDINATOR_GROUP = "painpath-coordinator"
 RESULTS = Path(__file__).resolve().parent / "results"
-# Tansu keeps every topic in memory, and the classifier's changelog holds each patient's whole
-# history once per event: measured, the broker's peak RSS was 12.5 GiB after two runs of 201,272
-# backfill events (plus the gateway and latency phases), about 30 kB per backfill event per run.
-BROKER_BYTES_PER_EVENT_RUN = 30_000
+# Tansu keeps every topic in memory: per backfill event and classifier run, the event itself,
+# its copy in the classifier's history topic and a share of the determinations (an estimate,
+# checked against the broker's measured peak RSS in the results).
+BROKER_BYTES_PER_EVENT_RUN = 2_000
 
 
 class PhaseError(RuntimeError):
@@ -137,16 +137,21 @@ async def ceiling(bench: Bench, topic: str, total: int, progress: Progress) -> d
 # --- 2. the classifier ----------------------------------------------------------------------
 
 
-async def processed_total(client: httpx.AsyncClient, services: list[Service]) -> float:
-    """painpath_classifier_events_total summed over outcomes and workers (every input record
-    counts once: new, duplicate or dead letter)."""
+async def metric_total(client: httpx.AsyncClient, services: list[Service], name: str) -> float:
+    """A metric summed over its labels and the workers."""
     total = 0.0
     for service in services:
         text = (await client.get(service.url + "/metrics")).text
         for line in text.splitlines():
-            if line.startswith("painpath_classifier_events_total{"):
+            if line.startswith((name + "{", name + " ")):
                 total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+async def processed_total(client: httpx.AsyncClient, services: list[Service]) -> float:
+    """painpath_classifier_events_total summed over outcomes and workers (every input record
+    counts once: new, duplicate or dead letter)."""
+    return await metric_total(client, services, "painpath_classifier_events_total")
 
 
 async def classifier_run(
@@ -207,6 +212,14 @@ async def classifier_run(
                 if time.monotonic() > deadline:
                     raise PhaseError(f"{label}: the group still lags {behind} records")
                 await asyncio.sleep(0.25)
+            # Committed is not yet decided: the workers publish a batch's determinations after
+            # its commit, so the clock stops when no patient waits for its determination.
+            progress.update(task, description=f"{label}: last decisions")
+            dirty = "painpath_classifier_dirty_patients"
+            while (waiting := await metric_total(client, services, dirty)) > 0:
+                if time.monotonic() > deadline:
+                    raise PhaseError(f"{label}: {waiting:.0f} patients still undecided")
+                await asyncio.sleep(0.1)
             lag_zero = time.monotonic() - started
         eps = rate(total, lag_zero)
         result |= {
@@ -811,8 +824,7 @@ def main(argv: list[str] | None = None) -> int:
     if available is not None and needed > 0.8 * available and not args.force:
         print(
             f"refusing: {args.events:,} events would need about {needed / 2**30:.0f} GiB in the"
-            f" in-memory local broker (the classifier's changelog holds each patient's whole"
-            f" history once per event); {available / 2**30:.0f} GiB are available. Use fewer"
+            f" in-memory local broker; {available / 2**30:.0f} GiB are available. Use fewer"
             " --events, or --force.",
             file=sys.stderr,
         )

@@ -135,7 +135,7 @@ def configure_logging(
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
     )
-    # Libraries (aiokafka, uvicorn, faust) log through the standard library: their lines go
+    # Libraries (aiokafka, uvicorn) log through the standard library: their lines go
     # through the same privacy filter. Their messages are formatted before we see them, so
     # their arguments are dropped and only the message template is kept.
     formatter = structlog.stdlib.ProcessorFormatter(

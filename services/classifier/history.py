@@ -5,8 +5,9 @@ with the same content is a duplicate and changes nothing; with other content it 
 and is refused (the first one wins). Both the streaming service and `painpath classify` admit
 events through here, so they always agree on what a patient's history is.
 
-The history is stored as the events' original JSON texts in arrival order, which is compact and
-exactly what was received; parsed events are kept beside them while the process runs.
+The history keeps the events' original JSON texts in arrival order, exactly what was received,
+and the parsed events beside them; the streaming classifier drops the parsed events of patients
+it has not decided for a while (`forget_parsed`) and parses them again when needed.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def _canonical(text: str) -> str:
 class PatientHistory:
     raw: dict[str, str] = field(default_factory=dict)  # (source, id) key -> original JSON text
     published: str | None = None  # the determination id last published for this patient
-    _parsed: list[Event] | None = None
+    # Parsed events beside the texts; None once dropped to save memory (parsed again on use).
+    _parsed: list[Event] | None = field(default_factory=list)
 
     def admit(self, event: Event, text: str) -> Admission:
         key = _key(event)
@@ -61,11 +63,3 @@ class PatientHistory:
         if self._parsed is None:
             self._parsed = [parse_event(text) for text in self.raw.values()]
         return self._parsed
-
-    def to_record(self) -> dict[str, object]:
-        """What the classifier's table stores (as JSON) for the patient."""
-        return {"raw": self.raw, "published": self.published}
-
-    @classmethod
-    def from_record(cls, record: dict) -> PatientHistory:
-        return cls(raw=dict(record["raw"]), published=record["published"])

@@ -119,7 +119,7 @@ class Metrics:
         )
         self.dirty = Gauge(
             "painpath_classifier_dirty_patients",
-            "Patients with admitted events not decided yet",
+            "Patients with admitted events whose determination is not decided and published yet",
             registry=self.registry,
         )
         self.restores = Counter(
@@ -180,7 +180,7 @@ def _chunks(texts: list[bytes], limit: int = HISTORY_CHUNK_BYTES) -> Iterator[li
 @dataclass
 class Dirty:
     partition: int
-    traceparent: str
+    parent: str | bytes | None  # the trace context a determination continues (None: a new one)
     timestamp_ms: int | None  # the newest record's broker timestamp, for the latency histogram
 
 
@@ -226,6 +226,8 @@ class Classifier:
         fixed = settings.classifier_as_of
         self.clock = clock or ((lambda: fixed) if fixed else (lambda: datetime.now(UTC)))
         self.metrics = metrics or Metrics()
+        self._counted_new = self.metrics.events.labels(Admission.NEW.value)
+        self._counted_duplicate = self.metrics.events.labels(Admission.DUPLICATE.value)
         prefix = settings.kafka_topic_prefix
         self.group = f"{prefix}{GROUP}"
         self.events_topic = EVENTS.full_name(prefix)
@@ -321,12 +323,14 @@ class Classifier:
                     reevaluate_at = time.monotonic() + self.settings.classifier_reevaluate_seconds
                     self._mark_all_dirty()
                 decided = await self._decide_dirty() if self._should_decide() else []
+                self.metrics.dirty.set(len(self.dirty) + len(decided))
                 await self._deliver(decided)
+                self.metrics.dirty.set(len(self.dirty))
 
     # -- consuming -----------------------------------------------------------------------------
 
     def _consume(self, batches: dict[TopicPartition, list]) -> None:
-        count = 0
+        count, duplicates = 0, 0
         for tp, records in batches.items():
             state = self.owned.get(tp.partition)
             if state is None or not records:
@@ -334,8 +338,11 @@ class Classifier:
             admitted: list[bytes] = []
             first = records[0].offset
             for record in records:
-                if self._admit(state, tp.partition, record):
+                admission = self._admit(state, tp.partition, record)
+                if admission is Admission.NEW:
                     admitted.append(record.value)
+                elif admission is Admission.DUPLICATE:
+                    duplicates += 1
             count += len(records)
             last = records[-1].offset
             state.next_offset = last + 1
@@ -347,15 +354,17 @@ class Classifier:
                     key=f"{first}-{last}".encode(),
                     partition=tp.partition,
                 )
+            self._counted_new.inc(len(admitted))
+        self._counted_duplicate.inc(duplicates)
         self.metrics.batch.observe(count)
         self.metrics.dirty.set(len(self.dirty))
 
-    def _admit(self, state: PartitionState, partition: int, record) -> bool:
-        """Admit one record; True when it is new to its patient's history."""
+    def _admit(self, state: PartitionState, partition: int, record) -> Admission | None:
+        """Admit one record: NEW, DUPLICATE, or None for a dead letter."""
         read = read_record(record.key, record.value)
         if isinstance(read, Rejection):
             self._dead_letter(record, read)
-            return False
+            return None
         event, text = read
         history = state.patients.get(record.key)
         if history is None:
@@ -363,20 +372,19 @@ class Classifier:
         admission = history.admit(event, text)
         if admission is Admission.CONFLICT:
             self._dead_letter(record, Rejection(f"id: {CONFLICT_REASON}", "id", "conflict"))
-            return False
-        self.metrics.events.labels(admission.value).inc()
-        if admission is Admission.DUPLICATE:
-            return False
-        traceparent = tracing.continue_trace(tracing.from_headers(record.headers))
-        self._mark_dirty(record.key, partition, traceparent, record.timestamp)
-        return True
+            return None
+        if admission is Admission.NEW:
+            # The record's own trace context; our span is made when a determination is sent.
+            parent = tracing.from_headers(record.headers)
+            self._mark_dirty(record.key, partition, parent, record.timestamp)
+        return admission
 
     def _mark_dirty(
-        self, key: bytes, partition: int, traceparent: str, timestamp_ms: int | None
+        self, key: bytes, partition: int, parent: str | bytes | None, timestamp_ms: int | None
     ) -> None:
         if self.dirty_since is None:
             self.dirty_since = time.monotonic()
-        self.dirty[key] = Dirty(partition, traceparent, timestamp_ms)
+        self.dirty[key] = Dirty(partition, parent, timestamp_ms)
 
     def _mark_all_dirty(self) -> None:
         traceparent = tracing.continue_trace(None)  # time passing is a cause of its own
@@ -434,7 +442,7 @@ class Classifier:
         delay = self.settings.classifier_decision_delay_seconds
         return waited >= max(delay, DECISION_SHARE * self.last_pass_seconds)
 
-    async def _decide_dirty(self) -> list[tuple[bytes, int, Determination, str]]:
+    async def _decide_dirty(self) -> list[tuple[bytes, int, Determination, str | bytes | None]]:
         """Decide every dirty patient; return the determinations to publish (changed ones)."""
         started = time.monotonic()
         dirty, self.dirty, self.dirty_since = self.dirty, {}, None
@@ -450,7 +458,7 @@ class Classifier:
                 if mark.timestamp_ms is not None:
                     self.metrics.latency.observe(max(0.0, time.time() - mark.timestamp_ms / 1000))
                 if determination.determination_id != history.published:
-                    changed.append((key, mark.partition, determination, mark.traceparent))
+                    changed.append((key, mark.partition, determination, mark.parent))
             if done % YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # health and metrics stay answered during a long pass
         self.last_pass_seconds = time.monotonic() - started
@@ -498,7 +506,9 @@ class Classifier:
             self.owned[tp.partition].committed = offset
         return True
 
-    async def _deliver(self, decided: list[tuple[bytes, int, Determination, str]]) -> None:
+    async def _deliver(
+        self, decided: list[tuple[bytes, int, Determination, str | bytes | None]]
+    ) -> None:
         """History and dead letters acknowledged, offsets committed, then determinations.
 
         Committing before publishing fences a worker that lost its partitions without knowing
@@ -510,8 +520,9 @@ class Classifier:
         await self._flush()
         if not await self._commit(always=bool(decided)):
             return  # the next owner re-decides these patients
-        for key, partition, determination, traceparent in decided:
+        for key, partition, determination, parent in decided:
             history = self.owned[partition].patients[key]
+            traceparent = tracing.continue_trace(parent)
             self._send(
                 self.determinations_topic,
                 determination.model_dump_json().encode(),

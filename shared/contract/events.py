@@ -134,7 +134,10 @@ class _FreeFormIsFinite:
 
     @model_validator(mode="after")
     def _free_form_is_finite(self):
-        if _non_finite(self.model_extra) or _non_finite(getattr(self, "findings", None)):
+        # Read the fields directly: this runs for every event, and pydantic's attribute lookup
+        # of a field a model does not have is slow.
+        extra, findings = self.model_extra, self.__dict__.get("findings")
+        if (extra and _non_finite(extra)) or (findings is not None and _non_finite(findings)):
             raise ValueError("numbers must be finite (NaN and Infinity are not JSON)")
         return self
 

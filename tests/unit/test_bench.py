@@ -155,6 +155,6 @@ def test_options_default_to_the_issue():
 
 
 def test_a_backfill_the_in_memory_broker_cannot_hold_is_refused(capsys):
-    assert broker_memory_needed(1_000_000) > 50 * 2**30  # what the default would need today
+    assert broker_memory_needed(1_000_000) < 8 * 2**30  # the default backfill fits
     assert main(["--events", "100000000000"]) == 2
     assert "refusing" in capsys.readouterr().err

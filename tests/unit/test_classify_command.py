@@ -32,17 +32,25 @@ def test_the_same_event_again_is_a_duplicate_and_other_content_a_conflict():
     assert [event.data.score for event in history.events] == [5]
 
 
-def test_a_history_survives_its_table_record():
+def test_a_history_that_forgot_its_parsed_events_parses_them_again():
     history = PatientHistory()
     for number in range(3):
         text = line(id=f"e{number}", score=number)
         history.admit(parse_event(text), text)
-    history.published = "abc"
+    history.forget_parsed()
+    history.admit(parse_event(line(id="e3", score=3)), line(id="e3", score=3))
 
-    restored = PatientHistory.from_record(json.loads(json.dumps(history.to_record())))
+    assert [event.id for event in history.events] == ["e0", "e1", "e2", "e3"]
 
-    assert restored.published == "abc"
-    assert [event.id for event in restored.events] == ["e0", "e1", "e2"]
+
+def test_the_history_topic_framing_keeps_each_events_bytes():
+    from services.classifier.stream import _chunks, decode_history, encode_history
+
+    texts = [b'{"a": 1}', '{\n  "b": "\u00e9"\n}'.encode(), b"x" * 300_000, b"{}"]
+    chunks = list(_chunks(texts, limit=200_000))
+
+    assert [len(chunk) for chunk in chunks] == [2, 1, 1]  # a big event alone
+    assert [text for chunk in chunks for text in decode_history(encode_history(chunk))] == texts
 
 
 def test_the_file_reader_names_refused_lines_and_keeps_the_first_of_an_id():

@@ -1,5 +1,6 @@
 """The determination: its deterministic id and its shape."""
 
+import json
 from datetime import timedelta
 
 from clinical_events import AS_OF, History, chronic_history, day, determine, refractory_history
@@ -53,3 +54,47 @@ def test_every_reason_has_a_code_and_one_line_of_text():
     determination = determine(refractory_history())
     assert all(r.code and r.text and "\n" not in r.text for r in determination.reasons)
     assert determination.policy == "default-v1"
+
+
+def _id_from_model_dump(determination) -> str:
+    """The id as first defined: model_dump of the decision's fields, plus each trial's outcome."""
+    import hashlib
+    import json
+
+    decision = determination.model_dump(
+        mode="json",
+        include={
+            "policy",
+            "patient_id",
+            "status",
+            "classification",
+            "failed_drugs",
+            "failed_classes",
+            "combination_failed",
+            "missing_assessments",
+            "evidence_event_ids",
+        },
+    )
+    decision["trials"] = [[t.trial_id, t.outcome.value] for t in determination.trials]
+    canonical = json.dumps(decision, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def test_the_fast_determination_id_equals_the_model_dump_definition_over_a_cohort():
+    """Ids are stored and published: the faster derivation must not change a single one."""
+    from datetime import UTC, datetime
+
+    from painpath.simulate import simulate
+    from services.classifier.offline import read_histories
+    from services.classifier.policy import load_policy
+    from services.classifier.rules import evaluate
+
+    lines = [line if isinstance(line, str) else json.dumps(line) for line in simulate(60, 5)]
+    histories, _ = read_histories(lines)
+    policy, as_of = load_policy(), datetime(2026, 6, 30, tzinfo=UTC)
+    statuses = set()
+    for history in histories.values():
+        determination = evaluate(history.events, policy, as_of)
+        statuses.add(determination.status)
+        assert determination.determination_id == _id_from_model_dump(determination)
+    assert len(statuses) >= 3  # the cohort exercises several kinds of determination
