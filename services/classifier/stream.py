@@ -45,7 +45,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.partitioner import murmur2
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from services.classifier.determination import Determination, Status
+from services.classifier.determination import Status
 from services.classifier.history import CONFLICT_REASON, Admission, PatientHistory
 from services.classifier.policy import Policy
 from services.classifier.records import Rejection, read_record
@@ -183,6 +183,18 @@ class Dirty:
     partition: int
     parent: str | bytes | None  # the trace context a determination continues (None: a new one)
     timestamp_ms: int | None  # the newest record's broker timestamp, for the latency histogram
+
+
+@dataclass(frozen=True)
+class Decided:
+    """A determination to publish, serialised."""
+
+    key: bytes
+    partition: int
+    value: bytes
+    determination_id: str
+    status: str
+    parent: str | bytes | None
 
 
 @dataclass
@@ -452,8 +464,9 @@ class Classifier:
         delay = self.settings.classifier_decision_delay_seconds
         return waited >= max(delay, DECISION_SHARE * self.last_pass_seconds)
 
-    async def _decide_dirty(self) -> list[tuple[bytes, int, Determination, str | bytes | None]]:
-        """Decide every dirty patient; return the determinations to publish (changed ones)."""
+    async def _decide_dirty(self) -> list[Decided]:
+        """Decide every dirty patient; return the determinations to publish (changed ones),
+        already serialised: a pass over many patients keeps bytes, not object trees."""
         started = time.monotonic()
         dirty, self.dirty, self.dirty_since = self.dirty, {}, None
         now = self.clock()
@@ -468,8 +481,18 @@ class Classifier:
                 if mark.timestamp_ms is not None:
                     self.metrics.latency.observe(max(0.0, time.time() - mark.timestamp_ms / 1000))
                 if determination.determination_id != history.published:
-                    changed.append((key, mark.partition, determination, mark.parent))
+                    changed.append(
+                        Decided(
+                            key,
+                            mark.partition,
+                            determination.model_dump_json().encode(),
+                            determination.determination_id,
+                            determination.status.value,
+                            mark.parent,
+                        )
+                    )
             if done % YIELD_EVERY == 0:
+                gc.freeze()  # what the pass allocated so far stays out of the collector's way
                 await asyncio.sleep(0)  # health and metrics stay answered during a long pass
         self.last_pass_seconds = time.monotonic() - started
         self.metrics.dirty.set(len(self.dirty))
@@ -516,9 +539,7 @@ class Classifier:
             self.owned[tp.partition].committed = offset
         return True
 
-    async def _deliver(
-        self, decided: list[tuple[bytes, int, Determination, str | bytes | None]]
-    ) -> None:
+    async def _deliver(self, decided: list[Decided]) -> None:
         """History and dead letters acknowledged, offsets committed, then determinations.
 
         Committing before publishing fences a worker that lost its partitions without knowing
@@ -530,24 +551,23 @@ class Classifier:
         await self._flush()
         if not await self._commit(always=bool(decided)):
             return  # the next owner re-decides these patients
-        for key, partition, determination, parent in decided:
-            history = self.owned[partition].patients[key]
-            traceparent = tracing.continue_trace(parent)
+        for item in decided:
+            traceparent = tracing.continue_trace(item.parent)
             self._send(
                 self.determinations_topic,
-                determination.model_dump_json().encode(),
-                key=key,
-                partition=partition,
+                item.value,
+                key=item.key,
+                partition=item.partition,
                 headers=[
                     ("content-type", b"application/json"),
                     (tracing.TRACEPARENT, traceparent.encode()),
                 ],
             )
-            history.published = determination.determination_id
-            self.metrics.determinations.labels(determination.status.value).inc()
+            self.owned[item.partition].patients[item.key].published = item.determination_id
+            self.metrics.determinations.labels(item.status).inc()
             log.debug(
                 "determination_published",
-                status=determination.status.value,
+                status=item.status,
                 trace_id=tracing.trace_id_of(traceparent),
             )
         await self._flush()
