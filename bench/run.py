@@ -59,6 +59,7 @@ from bench.services import (
     Record,
     Service,
     as_records,
+    cpu_seconds,
     outbox_unpublished,
     peak_rss_bytes,
     produce,
@@ -179,6 +180,7 @@ async def classifier_run(
             await service.wait_ready()
         # Every worker has its partitions before the first record exists: no rebalance is timed.
         progress.update(task, description=f"{label}: producing the backfill")
+        broker_cpu_at_start = cpu_seconds(bench.broker_pid)
         started = time.monotonic()
         produce_task = asyncio.create_task(
             produce(bench.bootstrap_servers, EVENTS.full_name(prefix), records)
@@ -221,6 +223,15 @@ async def classifier_run(
                     raise PhaseError(f"{label}: {waiting:.0f} patients still undecided")
                 await asyncio.sleep(0.1)
             lag_zero = time.monotonic() - started
+            # Who had the CPU meanwhile: the workers and the broker share the machine's cores.
+            broker_cpu = cpu_seconds(bench.broker_pid)
+            result["cpu_seconds"] = {
+                **{service.name: cpu_seconds(service.process.pid) for service in services},
+                "broker": None
+                if broker_cpu is None or broker_cpu_at_start is None
+                else round(broker_cpu - broker_cpu_at_start, 1),
+                "available": round(lag_zero * (os.cpu_count() or 1), 1),
+            }
         eps = rate(total, lag_zero)
         result |= {
             "seconds_to_lag_zero": round(lag_zero, 2),
@@ -600,7 +611,9 @@ async def run(args: argparse.Namespace, console: Console) -> dict:
     )
     try:
         state = stack.up()
-        bench = Bench(state.bootstrap_servers, state.database_url, work, AS_OF)
+        bench = Bench(
+            state.bootstrap_servers, state.database_url, work, AS_OF, broker_pid=state.broker_pid
+        )
         with Progress(*columns, console=console) as progress:
             task = progress.add_task("simulating the feeds", total=3)
             backfill = as_records(feed_lines(args.events, args.seed, work))
@@ -754,6 +767,16 @@ def print_table(result: dict, console: Console) -> None:
         table.add_row(
             f"peak RSS: {name}", "n/a" if value is None else f"{value / 2**20:,.0f} MiB", "", ""
         )
+    for workers in (1, 2):
+        cpu = result.get(f"classifier_{workers}", {}).get("cpu_seconds")
+        if cpu:
+            used = ", ".join(
+                f"{name} {value:,.0f}"
+                for name, value in cpu.items()
+                if name != "available" and value is not None
+            )
+            label = f"CPU s, classifier run with {workers}"
+            table.add_row(label, f"{used} of {cpu['available']:,.0f}", "", "")
     console.print(table)
     for error in result["errors"]:
         console.print(f"[red]error: {error}[/red]")

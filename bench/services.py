@@ -39,6 +39,18 @@ def peak_rss_bytes(pid: int) -> int | None:
     return None
 
 
+def cpu_seconds(pid: int | None) -> float | None:
+    """CPU time (user + system) the process has used so far, or None when it cannot be read."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime: fields 14 and 15
+
+
 @dataclass
 class Service:
     """One `python -m painpath ...` process, logging to a file."""
@@ -105,6 +117,7 @@ class Bench:
     admin_database_url: str
     work_dir: Path
     as_of: str
+    broker_pid: int | None = None
     api_key: str = field(default_factory=lambda: uuid.uuid4().hex)
     admin_token: str = field(default_factory=lambda: uuid.uuid4().hex)
 
