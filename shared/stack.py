@@ -16,6 +16,7 @@ import secrets
 import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -108,8 +109,7 @@ class LocalStack:
             pseudonym_key=previous.pseudonym_key if previous else secrets.token_hex(32),
             admin_token=(previous.admin_token if previous else "") or secrets.token_urlsafe(24),
         )
-        self.state_file.write_text(json.dumps(asdict(state), indent=2))
-        self.state_file.chmod(0o600)
+        self._record(state)
         log.info(
             "stack_up", bootstrap_servers=bootstrap, broker_pid=pid, reused=running is not None
         )
@@ -129,6 +129,16 @@ class LocalStack:
 
             pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=self._pg_user())
         log.info("stack_down")
+
+    def _record(self, state: StackState) -> None:
+        """Write the state file atomically: every service of `painpath run` calls up() at once
+        and reads it; a plain write let one read it empty mid-write (a classifier died of it)."""
+        temporary = self.state_file.with_name(
+            f".{self.state_file.name}.{os.getpid()}.{threading.get_ident()}"
+        )
+        temporary.write_text(json.dumps(asdict(state), indent=2))
+        temporary.chmod(0o600)
+        os.replace(temporary, self.state_file)
 
     def _recorded(self) -> StackState | None:
         if not self.state_file.exists():
