@@ -25,6 +25,7 @@ import httpx
 import pytest
 
 from services.coordinator.app import GROUP
+from services.coordinator.relay import NOTIFIER_APPLICATION_NAME
 from shared.kafka import create_topics, group_lag
 from shared.settings import Settings
 from shared.stack import LocalStack
@@ -78,7 +79,8 @@ async def listening_sessions(database_url: str) -> int:
     connection = await asyncpg.connect(database_url)
     try:
         return await connection.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE query ILIKE 'LISTEN%'"
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+            NOTIFIER_APPLICATION_NAME,
         )
     finally:
         await connection.close()
@@ -223,7 +225,12 @@ async def test_postgres_down_for_20_seconds_mid_stream_is_waited_out_and_loses_n
             await feeding
             state = await settled(settings, database_url, len(determinations), timeout=180)
             caught_up = time.monotonic() - restarted_at
-            listening_after = await listening_sessions(database_url)
+            # The notifier's LISTEN connection died with the server: it must come back by itself.
+            listen_deadline = time.monotonic() + 30
+            while (listening_after := await listening_sessions(database_url)) < 1:
+                if time.monotonic() > listen_deadline:
+                    break
+                await asyncio.sleep(0.5)
             alive = coordinator.alive and gateway.alive
     finally:
         coordinator.stop()
@@ -262,6 +269,7 @@ async def test_postgres_down_for_20_seconds_mid_stream_is_waited_out_and_loses_n
         **sequences,
     )
     assert alive and coordinator.starts == 1
+    assert listening_before == listening_after == 1, "the outbox notifier did not LISTEN again"
     assert during and all(s[1] == 503 for s in during), "coordinator ready while PG was down"
     assert all(s[2] == 503 for s in during), "gateway ready while PG was down"
     assert posted == 503 and accepted_after == 202
