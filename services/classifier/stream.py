@@ -253,7 +253,6 @@ class Classifier:
         self.dirty_since: float | None = None
         self.last_pass_seconds = 0.0
         self.restoring = False
-        self.started = asyncio.Event()
         self.parsed = ParsedCache(settings.classifier_cache_patients)
         self._lock = asyncio.Lock()
         self._pending: list[asyncio.Future] = []
@@ -289,13 +288,13 @@ class Classifier:
         await self.consumer.start()
         await self._check_co_partitioning()
         self.consumer.subscribe([self.events_topic], listener=_Rebalance(self))
-        self.started.set()
 
     async def _check_co_partitioning(self) -> None:
-        counts = {}
-        for topic in (self.events_topic, self.determinations_topic, self.history_topic):
-            partitions = await self.consumer._client._wait_on_metadata(topic)
-            counts[topic] = len(partitions or ())
+        await self.consumer.topics()  # fetches the cluster's metadata
+        counts = {
+            topic: len(self.consumer.partitions_for_topic(topic) or ())
+            for topic in (self.events_topic, self.determinations_topic, self.history_topic)
+        }
         if len(set(counts.values())) != 1:
             raise RuntimeError(
                 f"input, determinations and history topics must have the same partition count,"
@@ -515,16 +514,21 @@ class Classifier:
             deliveries = await asyncio.gather(*pending)  # queued in the producer's buffer
             await asyncio.gather(*deliveries)  # acknowledged by the broker
 
-    async def _commit(self, always: bool = False) -> bool:
-        """Commit the processed offsets; False when the group took the partitions meanwhile.
-
-        `always` commits even unchanged offsets: a check that this worker is still the owner.
-        """
-        offsets = {
+    def _offsets(self, *, decided_only: bool) -> dict[TopicPartition, int]:
+        """The processed offsets not committed yet; with `decided_only`, only of partitions none
+        of whose patients waits for a decision, so that a committed offset (the group's lag,
+        which autoscaling and "settled" read) means decided and published."""
+        waiting = {mark.partition for mark in self.dirty.values()} if decided_only else set()
+        return {
             TopicPartition(self.events_topic, partition): state.next_offset
             for partition, state in self.owned.items()
-            if state.next_offset is not None and (always or state.next_offset != state.committed)
+            if state.next_offset is not None
+            and state.next_offset != state.committed
+            and partition not in waiting
         }
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> bool:
+        """Commit `offsets`; False when the group took the partitions meanwhile."""
         if not offsets:
             return True
         try:
@@ -540,44 +544,52 @@ class Classifier:
         return True
 
     async def _deliver(self, decided: list[Decided]) -> None:
-        """History and dead letters acknowledged, offsets committed, then determinations.
+        """History and dead letters acknowledged, ownership checked, determinations published
+        and acknowledged, then the offsets of what is decided committed.
 
-        Committing before publishing fences a worker that lost its partitions without knowing
-        it (paused past its session timeout): its commit fails and it publishes nothing, so it
-        cannot repeat what the partitions' new owner, which re-decides every patient it
-        restores, has published meanwhile. A crash after the commit loses no determination for
-        the same reason.
+        The ownership check commits the offsets already committed again: it fails for a worker
+        that lost its partitions without knowing it (paused past its session timeout), which
+        then publishes nothing, so it cannot repeat what the partitions' new owner, which
+        re-decides every patient it restores, has published meanwhile. A crash at any point
+        loses no determination for the same reason.
         """
         await self._flush()
-        if not await self._commit(always=bool(decided)):
-            return  # the next owner re-decides these patients
-        for item in decided:
-            traceparent = tracing.continue_trace(item.parent)
-            self._send(
-                self.determinations_topic,
-                item.value,
-                key=item.key,
-                partition=item.partition,
-                headers=[
-                    ("content-type", b"application/json"),
-                    (tracing.TRACEPARENT, traceparent.encode()),
-                ],
-            )
-            self.owned[item.partition].patients[item.key].published = item.determination_id
-            self.metrics.determinations.labels(item.status).inc()
-            log.debug(
-                "determination_published",
-                status=item.status,
-                trace_id=tracing.trace_id_of(traceparent),
-            )
-        await self._flush()
+        if decided:
+            fence = {
+                TopicPartition(self.events_topic, partition): state.committed or 0
+                for partition, state in self.owned.items()
+            }
+            if not await self._commit(fence):
+                return  # the next owner re-decides these patients
+            for item in decided:
+                traceparent = tracing.continue_trace(item.parent)
+                self._send(
+                    self.determinations_topic,
+                    item.value,
+                    key=item.key,
+                    partition=item.partition,
+                    headers=[
+                        ("content-type", b"application/json"),
+                        (tracing.TRACEPARENT, traceparent.encode()),
+                    ],
+                )
+                self.owned[item.partition].patients[item.key].published = item.determination_id
+                self.metrics.determinations.labels(item.status).inc()
+                log.debug(
+                    "determination_published",
+                    status=item.status,
+                    trace_id=tracing.trace_id_of(traceparent),
+                )
+            await self._flush()
+        await self._commit(self._offsets(decided_only=True))
 
     # -- rebalancing ---------------------------------------------------------------------------
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         async with self._lock:  # the batch in hand is finished first
             if not self._stopping:
-                await self._commit()  # in case its commit met the rebalance
+                # What was processed, decided or not: the next owner re-decides every patient.
+                await self._commit(self._offsets(decided_only=False))
             for tp in revoked:
                 if tp.topic == self.events_topic:
                     self.owned.pop(tp.partition, None)
