@@ -60,18 +60,17 @@ from bench.services import (
     Service,
     as_records,
     cpu_seconds,
-    outbox_unpublished,
     peak_rss_bytes,
     produce,
     read_all,
 )
+from painpath.summary import wait_until_settled
+from services.classifier.stream import GROUP as CLASSIFIER_GROUP
 from shared.kafka import group_lag
 from shared.topics import DETERMINATIONS, EVENTS
 
 EVENTS_PER_PATIENT = 67  # what the simulator averages (README)
 AS_OF = "2026-06-30T00:00:00+00:00"  # the simulated feeds end before it; classifiers decide at it
-CLASSIFIER_GROUP = "painpath-classifier"
-COORDINATOR_GROUP = "painpath-coordinator"
 RESULTS = Path(__file__).resolve().parent / "results"
 # Tansu keeps every topic in memory: per backfill event and classifier run, the event itself,
 # its copy in the classifier's history topic and a share of the determinations (an estimate,
@@ -214,14 +213,6 @@ async def classifier_run(
                 if time.monotonic() > deadline:
                     raise PhaseError(f"{label}: the group still lags {behind} records")
                 await asyncio.sleep(0.25)
-            # Committed is not yet decided: the workers publish a batch's determinations after
-            # its commit, so the clock stops when no patient waits for its determination.
-            progress.update(task, description=f"{label}: last decisions")
-            dirty = "painpath_classifier_dirty_patients"
-            while (waiting := await metric_total(client, services, dirty)) > 0:
-                if time.monotonic() > deadline:
-                    raise PhaseError(f"{label}: {waiting:.0f} patients still undecided")
-                await asyncio.sleep(0.1)
             lag_zero = time.monotonic() - started
             # Who had the CPU meanwhile: the workers and the broker share the machine's cores.
             broker_cpu = cpu_seconds(bench.broker_pid)
@@ -467,7 +458,12 @@ async def latency_run(
             await asyncio.gather(*running)
             sending = time.monotonic() - started
         progress.update(task, description="end-to-end: waiting until settled")
-        settled = await wait_settled(bench, settings, prefix, database_url, timeout=600)
+        try:
+            settled = await wait_until_settled(
+                settings, bench.bootstrap_servers, database_url, timeout=600, interval=0.5
+            )
+        except TimeoutError as error:
+            raise PhaseError(str(error)) from None
         found = await first_seen(database_url)
     finally:
         for service in reversed(services):
@@ -503,23 +499,6 @@ async def latency_run(
         "task_samples_ms": sorted(round(v * 1000, 2) for v in to_task),
         "peak_rss_bytes": {service.name: service.peak_rss for service in services},
     }
-
-
-async def wait_settled(bench, settings, prefix: str, database_url: str, timeout: float) -> float:
-    started = time.monotonic()
-    while True:
-        behind = await group_lag(
-            settings, bench.bootstrap_servers, f"{prefix}{CLASSIFIER_GROUP}", EVENTS
-        )
-        behind += await group_lag(
-            settings, bench.bootstrap_servers, f"{prefix}{COORDINATOR_GROUP}", DETERMINATIONS
-        )
-        behind += await outbox_unpublished(database_url)
-        if behind == 0:
-            return time.monotonic() - started
-        if time.monotonic() - started > timeout:
-            raise PhaseError(f"{behind} records still in flight after {timeout:.0f} s")
-        await asyncio.sleep(0.5)
 
 
 async def first_seen(database_url: str) -> dict:

@@ -270,13 +270,5 @@ async def read_all(bootstrap_servers: str, topic: str, partitions: int, handle) 
         await consumer.stop()
 
 
-async def outbox_unpublished(database_url: str) -> int:
-    connection = await asyncpg.connect(database_url)
-    try:
-        return await connection.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-    finally:
-        await connection.close()
-
-
 def topic_name(topic: Topic, prefix: str) -> str:
     return topic.full_name(prefix)

@@ -23,9 +23,14 @@ class SystemSummary:
 
 
 async def wait_until_settled(
-    settings: Settings, bootstrap_servers: str, database_url: str, timeout: float = 900
+    settings: Settings,
+    bootstrap_servers: str,
+    database_url: str,
+    timeout: float = 900,
+    interval: float = 1.0,
 ) -> float:
-    """Until the classifier and coordinator consumed everything and the outbox is published.
+    """Until the classifier and coordinator consumed everything and the outbox is published,
+    looking every `interval` seconds.
 
     Returns the seconds waited; raises TimeoutError after `timeout`.
     """
@@ -47,7 +52,7 @@ async def wait_until_settled(
             return time.monotonic() - started
         if time.monotonic() - started > timeout:
             raise TimeoutError(f"{behind} records still in flight after {timeout:.0f} s")
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(interval)
 
 
 async def summarize(database_url: str) -> SystemSummary:

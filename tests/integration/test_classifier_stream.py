@@ -21,6 +21,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from bench.services import as_records
 from painpath.simulate import simulate
 from services.classifier.offline import expected_from_records
 from services.classifier.policy import load_policy
@@ -132,18 +133,6 @@ async def wait_until_consumed(settings, timeout: float = 240) -> None:
         assert behind > 0, "committed past the end: the end offsets are wrong"
         assert time.monotonic() < deadline, f"{behind} events still not consumed"
         await asyncio.sleep(0.5)
-
-
-def as_records(lines: list[str]) -> list[tuple[bytes | None, bytes]]:
-    """Feed lines as Kafka records keyed by patient, as a hospital producer would send them."""
-    records = []
-    for text in lines:
-        try:
-            key = json.loads(text)["data"]["patient_id"].encode()
-        except (ValueError, KeyError, TypeError, AttributeError):
-            key = b"unparseable"
-        records.append((key, text.encode()))
-    return records
 
 
 def reference(records: list[tuple[bytes | None, bytes]]) -> tuple[dict[str, dict], int]:
