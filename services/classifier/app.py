@@ -54,7 +54,7 @@ def create_app(settings: Settings, endpoints: Endpoints, policy: Policy) -> Fast
             classifier.request_stop()
             try:
                 await asyncio.wait_for(asyncio.shield(task), STOP_TIMEOUT)
-            except (TimeoutError, Exception):
+            except Exception:  # the timeout, or the loop failed: cancel what is left
                 task.cancel()
                 with suppress(asyncio.CancelledError, Exception):
                     await task
