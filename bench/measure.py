@@ -60,6 +60,17 @@ def windowed_rates(samples: Sequence[tuple[float, float]], window: float = 5.0) 
     return rates
 
 
+def idle_until(samples: Sequence[tuple[float, float]]) -> float:
+    """The time of the last sample before the count first moved (0.0 when the first already
+    had): when work began, at the latest, in a (time, cumulative count) series."""
+    began = 0.0
+    for at, count in samples:
+        if count:
+            break
+        began = at
+    return began
+
+
 @dataclass(frozen=True)
 class Target:
     key: str

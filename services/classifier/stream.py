@@ -130,7 +130,7 @@ class Metrics:
         )
         self.restore_seconds = Histogram(
             "painpath_classifier_restore_seconds",
-            "Time to rebuild one partition's state",
+            "Time to rebuild the state of the partitions of one assignment (read at once)",
             buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
             registry=self.registry,
         )
@@ -607,80 +607,72 @@ class Classifier:
         async with self._lock:
             self.restoring = True
             try:
-                for tp in sorted(assigned):
-                    if tp.topic != self.events_topic or tp.partition in self.owned:
-                        continue
-                    committed = await self.consumer.committed(tp)
-                    self.owned[tp.partition] = await self._restore(tp.partition, committed)
+                committed = {
+                    tp.partition: await self.consumer.committed(tp)
+                    for tp in sorted(assigned)
+                    if tp.topic == self.events_topic and tp.partition not in self.owned
+                }
+                if committed:
+                    self.owned.update(await self._restore(committed))
             finally:
                 self.restoring = False
 
-    async def _restore(self, partition: int, committed: int | None) -> PartitionState:
-        """Rebuild a partition's histories from the history topic and what was published
-        from the determinations topic; every patient is then re-decided (dirty)."""
+    async def _restore(self, committed: dict[int, int | None]) -> dict[int, PartitionState]:
+        """Rebuild the partitions' histories from the history topic and what was published
+        from the determinations topic; every patient is then re-decided (dirty). All the
+        partitions are read at once, by one reader."""
         started = time.monotonic()
-        state = PartitionState(next_offset=committed, committed=committed)
-        restored = 0
-        async for value in self._read_partition(self.history_topic, partition):
-            for text in decode_history(value):
-                try:
-                    decoded = text.decode("utf-8")
-                    event = parse_event(decoded)
-                except (UnicodeDecodeError, ContractViolation):
-                    # Admitted once, so only a contract change can make it unreadable now.
-                    log.error("history_event_unreadable", partition=partition)
-                    continue
-                key = event.patient_id.encode()
-                history = state.patients.get(key)
-                if history is None:
-                    history = state.patients[key] = PatientHistory()
-                history.admit(event, decoded)
-                restored += 1
-        published = 0
-        async for key, value in self._read_partition(
-            self.determinations_topic, partition, keys=True
-        ):
-            history = state.patients.get(key)
-            if history is not None:
-                history.published = json.loads(value)["determination_id"]
-                published += 1
-        traceparent = tracing.continue_trace(None)
-        for key in state.patients:
-            self._mark_dirty(key, partition, traceparent, None)
-        seconds = time.monotonic() - started
-        self.metrics.restores.inc()
-        self.metrics.restore_seconds.observe(seconds)
-        log.info(
-            "partition_restored",
-            partition=partition,
-            patients=len(state.patients),
-            events=restored,
-            determinations=published,
-            seconds=round(seconds, 3),
-        )
-        return state
-
-    async def _read_partition(self, topic: str, partition: int, keys: bool = False):
-        """Every record of one partition, from its start to its end at the time of the call."""
+        states = {
+            partition: PartitionState(next_offset=offset, committed=offset)
+            for partition, offset in committed.items()
+        }
+        events = dict.fromkeys(states, 0)
+        published = dict.fromkeys(states, 0)
         reader = AIOKafkaConsumer(**self._options(), enable_auto_commit=False, fetch_max_wait_ms=50)
         await reader.start()
         try:
-            tp = TopicPartition(topic, partition)
-            end = (await end_offsets(reader, [tp]))[tp]
-            reader.seek(tp, 0)
-            position = 0
-            while position < end:
-                batches = await reader.getmany(tp, timeout_ms=500, max_records=10_000)
-                for record in batches.get(tp, ()):
-                    if record.offset >= end:
-                        break
-                    if keys:
-                        yield record.key, record.value
-                    else:
-                        yield record.value
-                position = await reader.position(tp)
+            async for partition, _, value in _read_partitions(reader, self.history_topic, states):
+                state = states[partition]
+                for text in decode_history(value):
+                    try:
+                        decoded = text.decode("utf-8")
+                        event = parse_event(decoded)
+                    except (UnicodeDecodeError, ContractViolation):
+                        # Admitted once, so only a contract change can make it unreadable now.
+                        log.error("history_event_unreadable", partition=partition)
+                        continue
+                    key = event.patient_id.encode()
+                    history = state.patients.get(key)
+                    if history is None:
+                        history = state.patients[key] = PatientHistory()
+                    history.admit(event, decoded)
+                    events[partition] += 1
+            async for partition, key, value in _read_partitions(
+                reader, self.determinations_topic, states
+            ):
+                history = states[partition].patients.get(key)
+                if history is not None:
+                    history.published = json.loads(value)["determination_id"]
+                    published[partition] += 1
         finally:
             await reader.stop()
+        traceparent = tracing.continue_trace(None)
+        for partition, state in states.items():
+            for key in state.patients:
+                self._mark_dirty(key, partition, traceparent, None)
+        seconds = time.monotonic() - started
+        self.metrics.restores.inc(len(states))
+        self.metrics.restore_seconds.observe(seconds)
+        for partition, state in states.items():
+            log.info(
+                "partition_restored",
+                partition=partition,
+                patients=len(state.patients),
+                events=events[partition],
+                determinations=published[partition],
+            )
+        log.info("restored", partitions=len(states), seconds=round(seconds, 3))
+        return states
 
     # -- readiness -----------------------------------------------------------------------------
 
@@ -698,6 +690,25 @@ class Classifier:
                 "lag": waiting,
             },
         }
+
+
+async def _read_partitions(reader: AIOKafkaConsumer, topic: str, partitions):
+    """(partition, key, value) of every record of `topic`'s `partitions`, each partition from
+    its start to its end at the time of the call, in order within a partition. `reader` is a
+    consumer outside any group; its assignment is replaced."""
+    tps = [TopicPartition(topic, partition) for partition in partitions]
+    end = await end_offsets(reader, tps)
+    for tp in tps:
+        reader.seek(tp, 0)
+    reading = [tp for tp in tps if end[tp] > 0]
+    while reading:
+        batches = await reader.getmany(*reading, timeout_ms=500, max_records=10_000)
+        for tp, records in batches.items():
+            for record in records:
+                if record.offset >= end[tp]:
+                    break
+                yield tp.partition, record.key, record.value
+        reading = [tp for tp in reading if await reader.position(tp) < end[tp]]
 
 
 class _Rebalance(ConsumerRebalanceListener):

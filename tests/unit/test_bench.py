@@ -7,6 +7,7 @@ import pytest
 from bench.measure import (
     TARGETS,
     check_targets,
+    idle_until,
     percentile,
     rate,
     ratio,
@@ -43,6 +44,12 @@ def test_rates_and_ratios_refuse_to_divide_by_nothing():
     assert rate(1000, 0) is None
     assert ratio(1.7, 1.0) == 1.7
     assert ratio(None, 2.0) is None and ratio(3.0, None) is None and ratio(3.0, 0) is None
+
+
+def test_work_began_after_the_last_idle_sample():
+    assert idle_until([(0.5, 0), (1.0, 0), (1.5, 300), (2.0, 900)]) == 1.0
+    assert idle_until([(0.5, 10), (1.0, 20)]) == 0.0
+    assert idle_until([]) == 0.0
 
 
 def test_windowed_rates_of_a_cumulative_series():
