@@ -13,9 +13,10 @@ README ("The streaming classifier"). In short:
   `painpath.classifier.history.v1`: one record per partition per batch, not one per event or per
   patient. A partition's histories are rebuilt from it when the partition is assigned.
 - **Decisions.** A patient touched by a batch is marked dirty; dirty patients are re-decided
-  (`rules.evaluate`) once the worker has caught up, or, during a backfill, at most every
-  `CLASSIFIER_DECISION_DELAY_SECONDS` (and never more than a quarter of the time), so a patient
-  with a hundred events in a backfill is decided a few times, not a hundred. A determination is
+  (`rules.evaluate`) once the worker has caught up, or, during a backfill, after
+  `CLASSIFIER_DECISION_DELAY_SECONDS` and four times what the pass is expected to take (deciding
+  takes at most a fifth of the time), so a patient with a hundred events in a backfill is decided
+  a few times, not a hundred. A determination is
   published, keyed by patient, on the partition of its input, only when its id differs from the
   last one published for that patient.
 - **Delivery.** After each batch every send (history, dead letters, determinations) is
@@ -66,7 +67,7 @@ YIELD_EVERY = 200  # patients decided between two yields to the event loop
 HISTORY_FORMAT = b"\x01"  # framing version of a history record
 HISTORY_CHUNK_BYTES = 512 * 1024  # history records stay well under the broker's message limit
 CAUGHT_UP_RECORDS = 1_000  # below this lag a worker decides at once: latency over batching
-DECISION_SHARE = 4  # during a backfill, decide at most every 4x the last pass's duration
+DECISION_SHARE = 4  # during a backfill, wait 4x a pass's expected duration: a fifth deciding
 
 
 class Metrics:
@@ -197,6 +198,32 @@ class Decided:
     parent: str | bytes | None
 
 
+class PassCost:
+    """What deciding costs, per event of the histories decided: learnt from each pass, so the
+    next pass's duration is known before it starts (a pass re-reads whole histories, which grow
+    during a backfill, so the last pass's duration under-estimates the next one's)."""
+
+    PRIOR = 20e-6  # seconds per event before any pass was measured (measured: 12-17 us)
+    MIN_EVENTS = 1_000  # a smaller pass is too noisy to learn from
+
+    def __init__(self) -> None:
+        self.seconds_per_event = self.PRIOR
+
+    def expected(self, events: int) -> float:
+        return events * self.seconds_per_event
+
+    def observe(self, events: int, seconds: float) -> None:
+        if events >= self.MIN_EVENTS:
+            self.seconds_per_event = (self.seconds_per_event + seconds / events) / 2
+
+
+def decision_due(waited: float, delay: float, expected_pass_seconds: float) -> bool:
+    """During a backfill: decide once the dirty patients have waited `delay`, and at least
+    DECISION_SHARE times what their pass will take, so deciding takes at most a fifth of the
+    time and the rest goes to reading the backlog."""
+    return waited >= max(delay, DECISION_SHARE * expected_pass_seconds)
+
+
 @dataclass
 class PartitionState:
     patients: dict[bytes, PatientHistory] = field(default_factory=dict)
@@ -251,7 +278,7 @@ class Classifier:
         self.owned: dict[int, PartitionState] = {}
         self.dirty: dict[bytes, Dirty] = {}
         self.dirty_since: float | None = None
-        self.last_pass_seconds = 0.0
+        self.pass_cost = PassCost()
         self.restoring = False
         self.parsed = ParsedCache(settings.classifier_cache_patients)
         self._lock = asyncio.Lock()
@@ -461,7 +488,19 @@ class Classifier:
             return True
         waited = time.monotonic() - (self.dirty_since or time.monotonic())
         delay = self.settings.classifier_decision_delay_seconds
-        return waited >= max(delay, DECISION_SHARE * self.last_pass_seconds)
+        if waited < delay:
+            return False
+        return decision_due(waited, delay, self.pass_cost.expected(self._dirty_events()))
+
+    def _dirty_events(self) -> int:
+        """The events in the histories of the dirty patients: what their pass will read."""
+        events = 0
+        for key, mark in self.dirty.items():
+            state = self.owned.get(mark.partition)
+            history = state.patients.get(key) if state is not None else None
+            if history is not None:
+                events += len(history.raw)
+        return events
 
     async def _decide_dirty(self) -> list[Decided]:
         """Decide every dirty patient; return the determinations to publish (changed ones),
@@ -470,11 +509,13 @@ class Classifier:
         dirty, self.dirty, self.dirty_since = self.dirty, {}, None
         now = self.clock()
         changed = []
+        events = 0
         for done, (key, mark) in enumerate(dirty.items(), start=1):
             state = self.owned.get(mark.partition)
             history = state.patients.get(key) if state is not None else None
             if history is not None:
                 determination = evaluate(history.events, self.policy, now)
+                events += len(history.raw)
                 self.parsed.touch(history)
                 self.metrics.decided.inc()
                 if mark.timestamp_ms is not None:
@@ -493,7 +534,7 @@ class Classifier:
             if done % YIELD_EVERY == 0:
                 gc.freeze()  # what the pass allocated so far stays out of the collector's way
                 await asyncio.sleep(0)  # health and metrics stay answered during a long pass
-        self.last_pass_seconds = time.monotonic() - started
+        self.pass_cost.observe(events, time.monotonic() - started)
         self.metrics.dirty.set(len(self.dirty))
         return changed
 
