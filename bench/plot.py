@@ -37,14 +37,26 @@ def plot(result: dict, path: Path) -> None:
 
     progress = axes[0][1]
     for workers in (1, 2):
-        samples = result.get(f"classifier_{workers}", {}).get("throughput_samples") or []
+        run = result.get(f"classifier_{workers}", {})
+        samples = run.get("throughput_samples") or []
         if samples:
-            progress.plot(
+            (line,) = progress.plot(
                 [s[0] for s in samples],
                 [s[1] for s in samples],
                 label=f"{workers} worker{'s' if workers > 1 else ''}",
             )
-    progress.set_xlabel("seconds since the first record was produced")
+            done = run.get("seconds_to_lag_zero")
+            if done is not None:  # the last decisions published and the offsets committed
+                # the last pass: every patient decided and published, offsets committed
+                progress.plot(
+                    [samples[-1][0], done],
+                    [samples[-1][1]] * 2,
+                    "o:",
+                    markevery=[1],
+                    color=line.get_color(),
+                )
+    progress.plot([], [], "ko:", markevery=[1], label="deciding, then published and lag 0")
+    progress.set_xlabel("seconds since the workers were started (backfill already produced)")
     progress.set_ylabel("records processed")
     progress.set_title("classifier backfill")
     if progress.get_legend_handles_labels()[0]:

@@ -279,6 +279,7 @@ class Classifier:
         self.dirty: dict[bytes, Dirty] = {}
         self.dirty_since: float | None = None
         self.pass_cost = PassCost()
+        self._dirty_events_at: tuple[float, int] = (-1e9, 0)  # (when counted, events)
         self.restoring = False
         self.parsed = ParsedCache(settings.classifier_cache_patients)
         self._lock = asyncio.Lock()
@@ -493,7 +494,15 @@ class Classifier:
         return decision_due(waited, delay, self.pass_cost.expected(self._dirty_events()))
 
     def _dirty_events(self) -> int:
-        """The events in the histories of the dirty patients: what their pass will read."""
+        """The events in the histories of the dirty patients: what their pass will read.
+        Counted at most once a second (it walks every dirty patient; a batch takes a fraction
+        of a second): a second's admissions do not change the answer."""
+        now = time.monotonic()
+        if now - self._dirty_events_at[0] >= 1.0:
+            self._dirty_events_at = (now, self._count_dirty_events())
+        return self._dirty_events_at[1]
+
+    def _count_dirty_events(self) -> int:
         events = 0
         for key, mark in self.dirty.items():
             state = self.owned.get(mark.partition)
@@ -507,6 +516,7 @@ class Classifier:
         already serialised: a pass over many patients keeps bytes, not object trees."""
         started = time.monotonic()
         dirty, self.dirty, self.dirty_since = self.dirty, {}, None
+        self._dirty_events_at = (-1e9, 0)
         now = self.clock()
         changed = []
         events = 0
