@@ -248,11 +248,30 @@ async def classifier_run(
             result["profile"] = finish_profiler(profiler)
         progress.update(task, description=f"{label}: reading determinations")
         result["last_determinations"] = await last_determinations(bench, prefix)
+        if workers == 1:
+            progress.update(task, description=f"{label}: restarting the worker")
+            result["restart"] = await restart(services[0])
     finally:
         for service in services:
             service.stop()
         result["peak_rss_bytes"] = {service.name: service.peak_rss for service in services}
     return result
+
+
+async def restart(service: Service) -> dict:
+    """Stop the worker holding the whole backfill and start it again: how long until it has
+    rebuilt its state from the history topic and is ready (what a rebalance or a deploy costs)."""
+    service.stop()
+    peak_rss = service.peak_rss
+    started = time.monotonic()
+    service.start()
+    await service.wait_ready(timeout=600)
+    ready = time.monotonic() - started
+    async with httpx.AsyncClient(timeout=10) as client:
+        restoring = await metric_total(client, [service], "painpath_classifier_restore_seconds_sum")
+    service.stop()
+    service.peak_rss = max(peak_rss or 0, service.peak_rss or 0) or None
+    return {"seconds_to_ready": round(ready, 2), "restore_seconds": round(restoring, 2)}
 
 
 def _median(values: list[float]) -> float | None:
@@ -711,6 +730,8 @@ def figures_of(result: dict) -> dict:
         "backfill_1m_two_workers_s": two.get("projected_1m_seconds"),
         "classifier_one_worker_start_s": one.get("seconds_to_first_record"),
         "classifier_two_workers_start_s": two.get("seconds_to_first_record"),
+        "classifier_restart_ready_s": one.get("restart", {}).get("seconds_to_ready"),
+        "classifier_restart_restore_s": one.get("restart", {}).get("restore_seconds"),
         "determination_mismatches_one_worker": one.get("check", {}).get("mismatches"),
         "determination_mismatches_two_workers": two.get("check", {}).get("mismatches"),
         "gateway_eps": result.get("gateway", {}).get("eps"),
@@ -743,6 +764,8 @@ def print_table(result: dict, console: Console) -> None:
         "backfill_1m_two_workers_s": ("1M backfill, two workers (projected)", "s"),
         "classifier_one_worker_start_s": ("start-up to first record, one worker", "s"),
         "classifier_two_workers_start_s": ("start-up to first record, two workers", "s"),
+        "classifier_restart_ready_s": ("one worker restarted with all: to ready", "s"),
+        "classifier_restart_restore_s": ("one worker restarted: restoring", "s"),
         "determination_mismatches_one_worker": ("determination mismatches, one worker", ""),
         "determination_mismatches_two_workers": ("determination mismatches, two workers", ""),
         "gateway_eps": ("gateway ingest, batches of 500", "events/s"),
@@ -757,7 +780,7 @@ def print_table(result: dict, console: Console) -> None:
             "n/a"
             if value is None
             else f"{value:,.3g}"
-            if unit == "×" or key.endswith("_start_s")
+            if unit == "×" or key.endswith(("_start_s", "_ready_s", "_restore_s"))
             else f"{value:,.0f}"
         )
         target = targets.get(key)

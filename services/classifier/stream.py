@@ -698,6 +698,7 @@ class Classifier:
                         history = state.patients[key] = PatientHistory()
                     history.admit(event, decoded)
                     events[partition] += 1
+                gc.freeze()  # as after a batch: the collector must not walk the growing state
             async for partition, key, value in _read_partitions(
                 reader, self.determinations_topic, states
             ):
