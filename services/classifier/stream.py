@@ -679,7 +679,14 @@ class Classifier:
         }
         events = dict.fromkeys(states, 0)
         published = dict.fromkeys(states, 0)
-        reader = AIOKafkaConsumer(**self._options(), enable_auto_commit=False, fetch_max_wait_ms=50)
+        # "earliest": should the history's first records ever be gone (retention changed by
+        # hand), read from the first one kept, never silently from the end.
+        reader = AIOKafkaConsumer(
+            **self._options(),
+            enable_auto_commit=False,
+            fetch_max_wait_ms=50,
+            auto_offset_reset="earliest",
+        )
         await reader.start()
         try:
             async for partition, _, value in _read_partitions(reader, self.history_topic, states):
