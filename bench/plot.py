@@ -46,8 +46,7 @@ def plot(result: dict, path: Path) -> None:
                 label=f"{workers} worker{'s' if workers > 1 else ''}",
             )
             done = run.get("seconds_to_lag_zero")
-            if done is not None:  # the last decisions published and the offsets committed
-                # the last pass: every patient decided and published, offsets committed
+            if done is not None:  # the last pass: every patient decided and published, lag 0
                 progress.plot(
                     [samples[-1][0], done],
                     [samples[-1][1]] * 2,

@@ -274,6 +274,15 @@ async def restart(service: Service) -> dict:
     return {"seconds_to_ready": round(ready, 2), "restore_seconds": round(restoring, 2)}
 
 
+def _figure_text(value: float, unit: str) -> str:
+    """Ratios to 3 significant digits, seconds to a tenth, rates and milliseconds whole."""
+    if unit == "×":
+        return f"{value:,.3g}"
+    if unit == "s":
+        return f"{value:,.1f}"
+    return f"{value:,.0f}"
+
+
 def _median(values: list[float]) -> float | None:
     from bench.measure import percentile
 
@@ -776,13 +785,7 @@ def print_table(result: dict, console: Console) -> None:
     }
     for key, (label, unit) in labels.items():
         value = figures.get(key)
-        text = (
-            "n/a"
-            if value is None
-            else f"{value:,.3g}"
-            if unit == "×" or key.endswith(("_start_s", "_ready_s", "_restore_s"))
-            else f"{value:,.0f}"
-        )
+        text = "n/a" if value is None else _figure_text(value, unit)
         target = targets.get(key)
         met = "" if target is None else {True: "met", False: "NOT met", None: "n/a"}[target["met"]]
         table.add_row(label, f"{text} {unit}".strip(), target["target"] if target else "", met)

@@ -16,9 +16,8 @@ README ("The streaming classifier"). In short:
   (`rules.evaluate`) once the worker has caught up, or, during a backfill, after
   `CLASSIFIER_DECISION_DELAY_SECONDS` and four times what the pass is expected to take (deciding
   takes at most a fifth of the time), so a patient with a hundred events in a backfill is decided
-  a few times, not a hundred. A determination is
-  published, keyed by patient, on the partition of its input, only when its id differs from the
-  last one published for that patient.
+  a few times, not a hundred. A determination is published, keyed by patient, on the partition
+  of its input, only when its id differs from the last one published for that patient.
 - **Delivery.** After each batch every send (history, dead letters, determinations) is
   acknowledged by the broker (`acks=all`) before the input offsets are committed. A crash
   re-delivers the uncommitted records, whose admission is idempotent.
