@@ -2,6 +2,15 @@
 
 Every number the classifier uses is a setting of a policy file under `policies/`; the code holds
 the rules, the file holds the numbers and the formulary. `load_policy()` returns `default-v1`.
+
+Decisions taken here (POLICY.md leaves them open):
+- Drug names are trimmed of whitespace only (Python's `str.strip()`), lower-cased, then every run
+  of whitespace, hyphens and underscores, mixed or not, becomes one `_`. Underscores or hyphens at
+  either end are kept as a `_`: `-gabapentin` and `_gabapentin_` are `_gabapentin` and
+  `_gabapentin_`, not formulary names (shown under that folded name, never counted).
+- `rxnorm` is trimmed of whitespace before it is looked up. One the formulary lists wins over the
+  name; any other (a product code, an ingredient this formulary does not list, a blank one)
+  leaves the drug to its name, for every formulary drug alike.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from shared.data_files import load_data_file
 DEFAULT_POLICY_PATH = Path(__file__).parent / "policies" / "default-v1.toml"
 DEFAULT_CRITERIA = "default"
 
-_FOLDED = re.compile(r"[\s-]+")
+_FOLDED = re.compile(r"[\s_-]+")
 
 DrugName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]+(_[a-z0-9]+)*$")]
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
@@ -47,7 +56,8 @@ MinimumDose = Annotated[float | Literal["any"], PlainValidator(_minimum_dose)]
 
 
 def fold_drug_name(name: str) -> str:
-    """The name drugs are matched by: lower case, runs of spaces and hyphens folded to `_`."""
+    """The name drugs are matched by: trimmed of whitespace, lower case, every run of spaces,
+    hyphens and underscores folded to one `_` (`Botulinum  Toxin-A` is `botulinum_toxin_a`)."""
     return _FOLDED.sub("_", name.strip().lower())
 
 
@@ -136,17 +146,14 @@ class Policy(_Settings):
     def formulary_drug(self, name: str, rxnorm: str | None = None) -> FormularyDrug | None:
         """The formulary drug a trial is of, or None when the drug is not in the formulary.
 
-        `rxnorm` wins when given. An RXCUI the formulary does not know falls back on the name only
-        for a formulary drug without an RXCUI (capsaicin, botulinum toxin A), which no RXCUI can
-        contradict.
+        `rxnorm` (trimmed) wins when it is one of the formulary's RXCUIs; any other `rxnorm` (a
+        product code, a drug with no RXCUI here) leaves the drug to its folded name.
         """
-        by_name = self._by_name.get(fold_drug_name(name))
-        if rxnorm is None:
-            return by_name
-        by_rxcui = self._by_rxcui.get(rxnorm.strip())
-        if by_rxcui is not None:
-            return by_rxcui
-        return by_name if by_name is not None and by_name.rxcui is None else None
+        if rxnorm is not None:
+            by_rxcui = self._by_rxcui.get(rxnorm.strip())
+            if by_rxcui is not None:
+                return by_rxcui
+        return self._by_name.get(fold_drug_name(name))
 
     def criteria_for(self, classification: Classification | None) -> tuple[str, TreatmentCriteria]:
         """The name and the treatment criteria that apply to a classification."""

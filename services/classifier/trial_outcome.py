@@ -1,9 +1,18 @@
-"""One trial's outcome as of T: baseline, on-treatment score, reduction (POLICY.md section 3)."""
+"""One trial's outcome as of T: baseline, on-treatment score, reduction (POLICY.md section 3).
+
+Decisions taken here (POLICY.md leaves them open):
+- A trial whose stop predates its start (a trial of no length, see `trials`) is `inadequate`
+  whatever else: POLICY.md names its outcome, so a stop for side effects or an intolerable side
+  effect attributed to it does not make it `intolerant` (nor a failure); the reason says so. It
+  has no adequate period, hence no on-treatment score and no part in a combination trial; its
+  baseline is still shown. Its reason keeps the code `trial.inadequate` (one reason per trial,
+  coded by outcome) and its text says that the stop predates the start.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 
 from services.classifier.determination import Reason, TrialOutcome
@@ -32,7 +41,8 @@ class JudgedTrial:
 
     @property
     def period(self) -> AdequatePeriod | None:
-        """The adequate period; None without one, always so for a drug not in the formulary."""
+        """The adequate period; None without one, always so for a drug not in the formulary and
+        for a trial whose stop predates its start."""
         return self.adequacy.period if self.adequacy is not None else None
 
 
@@ -42,12 +52,15 @@ def judge_trial(trial: TrialHistory, scores: Scores, policy: Policy) -> JudgedTr
     `responded` (reduction >= the response threshold); `failed`.
 
     Baseline: median in [start - baseline window, start]; on-treatment: median in [adequate
-    start + offset, adequate end]. A drug not in the formulary has no adequate period.
+    start + offset, adequate end]. A drug not in the formulary has no adequate period, nor has a
+    trial whose stop predates its start: that one is `inadequate` before anything else.
     """
     baseline = scores.median_between(
         trial.started_at - timedelta(days=policy.baseline_window_days), trial.started_at
     )
-    checked = adequacy(trial, trial.drug) if trial.drug is not None else None
+    checked = None
+    if trial.drug is not None and not trial.stop_predates_start:
+        checked = adequacy(trial, trial.drug)
     period = checked.period if checked is not None else None
     on_treatment = None
     if period is not None:
@@ -66,6 +79,9 @@ def judge_trial(trial: TrialHistory, scores: Scores, policy: Policy) -> JudgedTr
         return JudgedTrial(trial, checked, baseline, on_treatment, reduction, outcome, reason)
 
     not_tolerated = intolerance(trial)
+    if trial.stop_predates_start and trial.stopped_at is not None:
+        why = _stop_before_start_why(trial, trial.stopped_at, not_tolerated)
+        return judged(TrialOutcome.INADEQUATE, why)
     if not_tolerated is not None:
         if trial.drug is None:
             return judged(TrialOutcome.INTOLERANT, f"{not_tolerated}, but {_NOT_IN_FORMULARY}")
@@ -96,6 +112,25 @@ def judge_trial(trial: TrialHistory, scores: Scores, policy: Policy) -> JudgedTr
             TrialOutcome.RESPONDED, f"{change} (responds from {figure_text(threshold * 100)} %)"
         )
     return judged(TrialOutcome.FAILED, f"{change}, below {figure_text(threshold * 100)} %")
+
+
+def _stop_before_start_why(
+    trial: TrialHistory, stopped_at: datetime, not_tolerated: str | None
+) -> str:
+    reason = f", {trial.stop_reason.value}" if trial.stop_reason is not None else ""
+    why = (
+        f"the stop ({_instant_text(stopped_at)}{reason}) predates the start "
+        f"({_instant_text(trial.started_at)}): a trial of no length, never adequate"
+    )
+    if not_tolerated is not None:
+        why += f"; {not_tolerated} is not counted"
+    if trial.drug is None:
+        why += f"; {_NOT_IN_FORMULARY}"
+    return why
+
+
+def _instant_text(instant: datetime) -> str:
+    return instant.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _not_adequate_why(trial: TrialHistory, checked: Adequacy | None) -> str:

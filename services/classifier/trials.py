@@ -3,11 +3,19 @@
 Decisions taken here (POLICY.md leaves them open):
 - A trial is identified by its `trial_id` (unique per patient); a second start of the same
   `trial_id` is ignored. Dose changes, stops and side effects of a trial never started are ignored.
-- The first stop at or after the start ends the trial; dose changes outside start..end are ignored;
-  of dose changes at the same instant, the last in event order holds.
+- Of several stops of one trial, the earliest by time counts (of stops at the same instant, the
+  first in event order: `source`, then `id`); only stops at or before T are read.
+- A stop dated before the trial's start ends the trial at its start (POLICY.md section 3): `end`
+  is the start, the trial is stopped (not active) and has no length. `stopped_at` and
+  `stop_reason` stay those of the stop as sent, so the determination shows the data as received
+  and `stop_predates_start` tells the two apart; `trial_outcome` judges such a trial `inadequate`.
+- Dose changes outside start..end are ignored; of dose changes at the same instant, the last in
+  event order holds (for a trial of no length, only a change at the start instant itself).
 - A side effect with a `trial_id` belongs to that trial whenever it was reported; one with only a
-  `drug` belongs to every trial of that drug active at its time, ends included. The drug is
-  matched by name against the formulary first, so `Gabapentin` meets a trial given by RXCUI.
+  `drug` belongs to every trial of that drug active at its time, ends included. Both sides are
+  known by the same identity (`drug_identity`): the formulary drug if there is one (by RXCUI for
+  the trial, else by name), else the folded name (`policy.fold_drug_name`). So `Gabapentin`
+  meets a trial given by RXCUI 25480, and `Foo-Bar` meets a trial of `foo bar`.
 """
 
 from __future__ import annotations
@@ -41,7 +49,8 @@ class DoseStep:
 
 @dataclass(frozen=True)
 class TrialHistory:
-    """One trial as of T. `end` is its stop time, or T while it is still active."""
+    """One trial as of T. `end` is its stop time, or T while it is still active, or its start
+    when the stop predates the start (`stopped_at` is then the stop's time, before the start)."""
 
     trial_id: str
     drug_name: str
@@ -56,6 +65,11 @@ class TrialHistory:
     @property
     def active(self) -> bool:
         return self.stopped_at is None
+
+    @property
+    def stop_predates_start(self) -> bool:
+        """True when the trial's stop is dated before its start: a trial of no length."""
+        return self.stopped_at is not None and self.stopped_at < self.started_at
 
     @property
     def name(self) -> str:
@@ -91,8 +105,8 @@ def trial_histories(events: Sequence[Event], as_of: datetime, policy: Policy) ->
     histories = []
     for trial_id, start in starts.items():
         started_at = start.time
-        stop = next((s for s in stops[trial_id] if s.time >= started_at), None)
-        end = stop.time if stop is not None else as_of
+        stop = min((s for s in stops[trial_id] if s.time <= as_of), key=event_order, default=None)
+        end = as_of if stop is None else max(stop.time, started_at)
         steps = [DoseStep(started_at, start.data.daily_dose, start.data.dose_unit)]
         for change in changes[trial_id]:
             if started_at <= change.time <= end:

@@ -286,10 +286,12 @@ def test_rxnorm_wins_over_drug_name():
     assert (trial.drug, trial.drug_class, trial.outcome) == ("duloxetine", "snri", "failed")
 
 
-def test_unknown_rxnorm_is_not_in_the_formulary_even_with_a_formulary_name():
-    determination = determine(single_trial("gabapentin", 1200, rxnorm="999999", on_treatment=9))
-    assert not trial_of(determination, "t-1").in_formulary
-    assert determination.failed_drugs == []
+def test_rxnorm_the_formulary_does_not_list_leaves_the_drug_to_its_name():
+    # 310431 is a gabapentin product code (SCD), not the ingredient RXCUI 25480.
+    determination = determine(single_trial("gabapentin", 1200, rxnorm="310431", on_treatment=9))
+    trial = trial_of(determination, "t-1")
+    assert (trial.drug, trial.in_formulary, trial.outcome) == ("gabapentin", True, "failed")
+    assert determination.failed_drugs == ["gabapentin"]
 
 
 def test_drug_without_rxcui_in_the_formulary_is_matched_by_name_whatever_its_rxnorm():
