@@ -268,16 +268,38 @@ def classify(
 ) -> None:
     """Determinations as of an instant, one per patient (sorted by patient_id).
 
-    Lines that break the contract are reported on standard error with their line number; the
-    rest are still classified. The first of two lines with the same source and id wins.
+    Each line is read as the streaming classifier reads a record: a line that is too large, not
+    UTF-8 or breaks the contract is reported on standard error with its line number and reason,
+    and the rest are still classified. The first of two lines with the same source and id wins.
+    A patient whose decision fails (a bug in a rule) is set aside: one line on standard error
+    names its lines and the error, and the other patients are still printed. --as-of must lie
+    within the contract's instants, 1900-01-01T00:00:00Z to 9999-12-31T00:00:00Z.
+
+    Exit status: 0 when the file was read, even with refused lines or patients set aside (each
+    reported on standard error); 2 for a bad option (an --as-of without an offset or out of
+    range, a malformed policy file).
     """
-    from services.classifier.offline import classify_file
+    from services.classifier.offline import (
+        EARLIEST_AS_OF,
+        LATEST_AS_OF,
+        SetAside,
+        as_of_in_range,
+        classify_file,
+    )
     from services.classifier.offline import explain as explain_text
     from services.classifier.policy import PolicyError, load_policy
 
     _settings()
     if as_of.tzinfo is None:
-        raise typer.BadParameter("--as-of needs an offset, e.g. 2026-06-30T00:00:00Z")
+        raise typer.BadParameter(
+            "needs an offset, e.g. 2026-06-30T00:00:00Z", param_hint="'--as-of'"
+        )
+    if not as_of_in_range(as_of):
+        raise typer.BadParameter(
+            f"must lie within {EARLIEST_AS_OF:%Y-%m-%dT%H:%M:%SZ} .."
+            f" {LATEST_AS_OF:%Y-%m-%dT%H:%M:%SZ} in UTC, as every event's time does",
+            param_hint="'--as-of'",
+        )
     try:
         policy = load_policy(policy_file)
     except PolicyError as error:
@@ -287,6 +309,9 @@ def classify(
     for bad in refused:
         typer.echo(f"line {bad.line}: {bad.reason}", err=True)
     for determination in determinations:
+        if isinstance(determination, SetAside):
+            typer.echo(determination.describe(), err=True)
+            continue
         typer.echo(
             explain_text(determination) + "\n" if explain else determination.model_dump_json()
         )
