@@ -27,6 +27,12 @@ README ("The streaming classifier"). In short:
   decided but not yet published when a worker died is published by the next owner.
 - **Time passing.** Every `CLASSIFIER_REEVALUATE_SECONDS` all patients of the owned partitions
   are marked dirty: status changes at 90 and 365 days and when a trial reaches its minimum days.
+- **Quarantine.** Whatever bug may hide in a rule, deciding one patient never stops a worker: a
+  patient whose decision raises is set aside (counted, logged without its id or the exception's
+  message, and a dead letter listing the (source, id) of its events), and every other patient
+  goes on. It is not dirty, so its partition's offsets advance, and the time-passing
+  re-evaluation leaves it alone; it is decided again when a new event arrives for it, or when its
+  partition is restored (a restart, e.g. with a new policy, re-decides every patient).
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from services.classifier.determination import Status
 from services.classifier.history import CONFLICT_REASON, Admission, PatientHistory
 from services.classifier.policy import Policy
-from services.classifier.records import Rejection, read_record
+from services.classifier.records import DecisionFailure, Rejection, read_record
 from services.classifier.rules import evaluate
 from shared import dead_letter, tracing
 from shared.contract import ContractViolation, parse_event
@@ -67,6 +73,8 @@ HISTORY_FORMAT = b"\x01"  # framing version of a history record
 HISTORY_CHUNK_BYTES = 512 * 1024  # history records stay well under the broker's message limit
 CAUGHT_UP_RECORDS = 1_000  # below this lag a worker decides at once: latency over batching
 DECISION_SHARE = 4  # during a backfill, wait 4x a pass's expected duration: a fifth deciding
+QUARANTINE = "quarantine"  # the dead-letter kind of a patient set aside
+QUARANTINE_FIELD = "(patient)"
 
 
 class Metrics:
@@ -134,6 +142,18 @@ class Metrics:
             buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
             registry=self.registry,
         )
+        self.quarantined = Counter(
+            "painpath_classifier_quarantined_patients",
+            "Patients set aside because deciding them raised, by exception type (once per"
+            " failed decision: a new event retries, and may count again)",
+            ["error"],
+            registry=self.registry,
+        )
+        self.in_quarantine = Gauge(
+            "painpath_classifier_patients_in_quarantine",
+            "Patients of the owned partitions set aside now, until a new event or a restore",
+            registry=self.registry,
+        )
         self.commit_failures = Counter(
             "painpath_classifier_commit_failures",
             "Offset commits refused (a rebalance took the partitions; the records are re-read)",
@@ -176,6 +196,50 @@ def _chunks(texts: list[bytes], limit: int = HISTORY_CHUNK_BYTES) -> Iterator[li
         size += len(text) + 4
     if chunk:
         yield chunk
+
+
+def quarantine_reason(failure: DecisionFailure) -> str:
+    return (
+        f"{QUARANTINE_FIELD}: deciding raised {failure.error} in {failure.raised_in};"
+        " set aside until a new event or a new policy"
+    )
+
+
+def quarantine_documents(
+    keys: list[str],
+    failure: DecisionFailure,
+    policy: str,
+    as_of: datetime,
+    limit: int = HISTORY_CHUNK_BYTES,
+) -> list[bytes]:
+    """The dead letter of a patient set aside: a JSON document naming the (source, id) of the
+    events being decided (`keys`, the history's keys), in several parts (`part` of `parts`)
+    when they do not fit in about `limit` bytes, so the broker never refuses one."""
+    parts: list[list[dict[str, str]]] = [[]]
+    size = 0
+    for key in keys:
+        # A history's key is f"{source}\x1f{id}"; a URI reference has no control character.
+        source, _, event_id = key.partition("\x1f")
+        ref = {"source": source, "id": event_id}
+        length = len(json.dumps(ref)) + 2  # its bytes in the document (ASCII, escaped)
+        if parts[-1] and size + length > limit:
+            parts.append([])
+            size = 0
+        parts[-1].append(ref)
+        size += length
+    head = {
+        "kind": QUARANTINE,
+        "error": failure.error,
+        "raised_in": failure.raised_in,
+        "policy": policy,
+        "as_of": as_of.isoformat(),
+        "event_count": len(keys),
+        "parts": len(parts),
+    }
+    return [
+        json.dumps(head | {"part": number, "events": events}).encode()
+        for number, events in enumerate(parts, start=1)
+    ]
 
 
 @dataclass
@@ -228,6 +292,8 @@ class PartitionState:
     patients: dict[bytes, PatientHistory] = field(default_factory=dict)
     next_offset: int | None = None  # the input offset after the last one processed
     committed: int | None = None  # the last offset committed for the group
+    # Patients whose decision raised: not decided again until a new event or a restore.
+    quarantined: set[bytes] = field(default_factory=set)
 
 
 class ParsedCache:
@@ -422,6 +488,9 @@ class Classifier:
             self._dead_letter(record, Rejection(f"id: {CONFLICT_REASON}", "id", "conflict"))
             return None
         if admission is Admission.NEW:
+            if state.quarantined and record.key in state.quarantined:
+                state.quarantined.discard(record.key)  # a new event: decided again
+                self.metrics.in_quarantine.set(self.quarantined_count())
             # The record's own trace context; our span is made when a determination is sent.
             parent = tracing.from_headers(record.headers)
             self._mark_dirty(record.key, partition, parent, record.timestamp)
@@ -439,17 +508,24 @@ class Classifier:
         marked = 0
         for partition, state in self.owned.items():
             for key in state.patients:
-                if key not in self.dirty:
+                # A patient set aside waits for a new event: its decision would raise again.
+                if key not in self.dirty and key not in state.quarantined:
                     self._mark_dirty(key, partition, traceparent, None)
                     marked += 1
         self.metrics.reevaluations.inc(marked)
-        log.info("reevaluating", patients=marked, partitions=len(self.owned))
+        log.info(
+            "reevaluating",
+            patients=marked,
+            partitions=len(self.owned),
+            quarantined=self.quarantined_count(),
+        )
 
     def _dead_letter(self, record, rejection: Rejection) -> None:
         headers = [
             *(record.headers or ()),
             (dead_letter.REASON, rejection.reason.encode()),
             (dead_letter.FIELD, rejection.field.encode()),
+            (dead_letter.KIND, rejection.kind.encode()),
             (dead_letter.ORIGINAL_TOPIC, record.topic.encode()),
             (dead_letter.ORIGINAL_PARTITION, str(record.partition).encode()),
             (dead_letter.ORIGINAL_OFFSET, str(record.offset).encode()),
@@ -523,29 +599,81 @@ class Classifier:
             state = self.owned.get(mark.partition)
             history = state.patients.get(key) if state is not None else None
             if history is not None:
-                determination = evaluate(history.events, self.policy, now)
                 events += len(history.raw)
-                self.parsed.touch(history)
-                self.metrics.decided.inc()
-                if mark.timestamp_ms is not None:
-                    self.metrics.latency.observe(max(0.0, time.time() - mark.timestamp_ms / 1000))
-                if determination.determination_id != history.published:
-                    changed.append(
-                        Decided(
-                            key,
-                            mark.partition,
-                            determination.model_dump_json().encode(),
-                            determination.determination_id,
-                            determination.status.value,
-                            mark.parent,
+                try:  # the bulkhead: no rule's bug may stop the worker (see the module doc)
+                    determination = evaluate(history.events, self.policy, now)
+                    value = determination.model_dump_json().encode()
+                except Exception as error:
+                    self._quarantine(key, mark.partition, state, history, error, now)
+                else:
+                    self.parsed.touch(history)
+                    self.metrics.decided.inc()
+                    if mark.timestamp_ms is not None:
+                        self.metrics.latency.observe(
+                            max(0.0, time.time() - mark.timestamp_ms / 1000)
                         )
-                    )
+                    if determination.determination_id != history.published:
+                        changed.append(
+                            Decided(
+                                key,
+                                mark.partition,
+                                value,
+                                determination.determination_id,
+                                determination.status.value,
+                                mark.parent,
+                            )
+                        )
             if done % YIELD_EVERY == 0:
                 gc.freeze()  # what the pass allocated so far stays out of the collector's way
                 await asyncio.sleep(0)  # health and metrics stay answered during a long pass
         self.pass_cost.observe(events, time.monotonic() - started)
         self.metrics.dirty.set(len(self.dirty))
         return changed
+
+    def _quarantine(
+        self,
+        key: bytes,
+        partition: int,
+        state: PartitionState,
+        history: PatientHistory,
+        error: Exception,
+        as_of: datetime,
+    ) -> None:
+        """Set a patient aside: counted, logged and dead-lettered, never its id or the exception's
+        message (it may quote a value); decided again on its next new event or a restore."""
+        failure = DecisionFailure.of(error)
+        state.quarantined.add(key)
+        history.forget_parsed()  # parsed again if ever decided again; the cache never saw them
+        self.metrics.quarantined.labels(failure.error).inc()
+        self.metrics.in_quarantine.set(self.quarantined_count())
+        headers = [
+            (dead_letter.REASON, quarantine_reason(failure).encode()),
+            (dead_letter.FIELD, QUARANTINE_FIELD.encode()),
+            (dead_letter.KIND, QUARANTINE.encode()),
+            (dead_letter.ORIGINAL_TOPIC, self.events_topic.encode()),
+            (dead_letter.ORIGINAL_PARTITION, str(partition).encode()),
+            *(
+                [(dead_letter.ORIGINAL_OFFSET, str(state.next_offset).encode())]
+                if state.next_offset is not None
+                else []
+            ),
+            (dead_letter.FAILED_AT, datetime.now(UTC).isoformat().encode()),
+        ]
+        documents = quarantine_documents(list(history.raw), failure, self.policy.id, as_of)
+        for document in documents:
+            self._send(self.dlq_topic, document, key=key, headers=headers)
+        self.metrics.dead_letters.labels(QUARANTINE).inc(len(documents))
+        log.error(
+            "patient_quarantined",
+            error=failure.error,
+            raised_in=failure.raised_in,
+            partition=partition,
+            events=len(history.raw),
+        )
+
+    def quarantined_count(self) -> int:
+        """Patients of the owned partitions set aside now."""
+        return sum(len(state.quarantined) for state in self.owned.values())
 
     # -- delivering ----------------------------------------------------------------------------
 
@@ -649,6 +777,7 @@ class Classifier:
             }
             self.parsed.clear()
             self.progress.forget()
+            self.metrics.in_quarantine.set(self.quarantined_count())
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         """Every assigned partition's state is rebuilt, even one this worker had before: another
@@ -746,6 +875,8 @@ class Classifier:
                 "state_recovered": not self.restoring,
                 "progressing": progressing,
                 "lag": waiting,
+                # Informative only: a patient set aside does not make the worker unready.
+                "quarantined_patients": self.quarantined_count(),
             },
         }
 

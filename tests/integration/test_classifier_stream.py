@@ -61,11 +61,12 @@ class Workers:
         }
         self.processes: dict[int, subprocess.Popen] = {}
 
-    def start(self, state_dir, **env: str) -> int:
+    def start(self, state_dir, module: str = "painpath", **env: str) -> int:
+        """A worker: `python -m <module> classifier` (another module: a test double)."""
         port = free_port()
         log = (ARTIFACTS / f"classifier-{port}.stderr.log").open("w")
         self.processes[port] = subprocess.Popen(
-            [sys.executable, "-m", "painpath", "classifier", "--port", str(port)],
+            [sys.executable, "-m", module, "classifier", "--port", str(port)],
             env=self.env | {"PAINPATH_STATE_DIR": str(state_dir)} | env,
             stdout=log,
             stderr=log,
@@ -95,6 +96,14 @@ class Workers:
                     labels, value = sample[len(name) + 1 :].split("} ")
                     totals[labels] += float(value)
         return totals
+
+    def metric(self, port: int, name: str) -> float | None:
+        """One worker's unlabelled sample `name`, or None when it has none."""
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        for sample in text.splitlines():
+            if sample.startswith(name + " "):
+                return float(sample.split(" ")[1])
+        return None
 
     def stop(self, port: int) -> int:
         process = self.processes.pop(port)
@@ -305,3 +314,96 @@ def _valid(value: str | bytes) -> bool:
     except ContractViolation:
         return False
     return True
+
+
+async def test_a_patient_whose_decision_raises_is_set_aside_and_the_worker_goes_on(
+    settings, workers, tmp_path
+):
+    """The bulkhead: the poison patient gets dead letters naming its events, every other patient
+    its determination, the offsets advance and the worker stays up and ready; the poison is
+    decided again on a new event or a restart, never by the time-passing re-evaluation."""
+    from tests.integration.poisoned_classifier import POISON_PREFIX
+
+    poison = f"{POISON_PREFIX}000001"
+
+    def poison_event(number: int) -> tuple[bytes, bytes]:
+        event = {
+            "specversion": "1.0",
+            "id": f"poison-{number}",
+            "source": "urn:hospital:st-olaf:ehr",
+            "type": "pain.score.recorded.v1",
+            "time": f"2026-0{number + 1}-01T00:00:00Z",
+            "data": {"patient_id": poison, "score": 7},
+        }
+        return poison.encode(), json.dumps(event).encode()
+
+    good = as_records(feed_lines(patients=40, seed=37))
+    expected, bad = reference(good)
+    records = list(good)
+    for number, position in enumerate(sorted(random.Random(3).sample(range(len(good)), 3))):
+        records.insert(position + number, poison_event(number))
+    remember_patient_ids(poison_event(0)[1])
+    double = "tests.integration.poisoned_classifier"
+    env = {"CLASSIFIER_REEVALUATE_SECONDS": "1"}
+    port = workers.start(tmp_path / "w1", module=double, **env)
+    workers.wait_ready()
+
+    await produce(settings, records)
+    await wait_until_consumed(settings)  # the poison holds back no offset
+
+    got = await published(settings, len(expected))
+    assert {p: messages[-1] for p, messages in got.items()} == expected  # none for the poison
+
+    def quarantine_letters(dead) -> list[dict]:
+        """The quarantine dead letters (the simulated feed has bad records of its own)."""
+        letters = []
+        for record in dead:
+            headers = dict(record.headers)
+            if headers[dead_letter.KIND] != b"quarantine":
+                continue
+            assert record.key == poison.encode()
+            assert headers[dead_letter.FIELD] == b"(patient)"
+            assert headers[dead_letter.REASON].startswith(b"(patient): deciding raised Overflow")
+            assert headers[dead_letter.ORIGINAL_TOPIC] == workers_topic
+            letters.append(json.loads(record.value))
+        return letters
+
+    workers_topic = EVENTS.full_name(settings.kafka_topic_prefix).encode()
+    dead = quarantine_letters(await read_topic(settings, EVENTS_DLQ, expected=bad + 1))
+    # Decided once per pass that found a new event of it: once, or more if its three events
+    # came in several fetches; the last names them all.
+    assert 1 <= len(dead) <= 3
+    assert [ref["id"] for ref in dead[-1]["events"]] == ["poison-0", "poison-1", "poison-2"]
+    assert dead[-1]["error"] == "OverflowError"
+    assert dead[-1]["raised_in"] == "__main__.evaluate"  # the double's; a rule's in real life
+    counted = workers.metric_totals("painpath_classifier_quarantined_patients_total")
+    assert counted == {'error="OverflowError"': len(dead)}
+    assert workers.metric(port, "painpath_classifier_patients_in_quarantine") == 1
+    ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
+    assert ready.status_code == 200
+    assert ready.json()["checks"]["quarantined_patients"] == 1
+
+    await asyncio.sleep(3.5)  # three re-evaluations of every patient: the poison is left alone
+    again = await read_topic(settings, EVENTS_DLQ, expected=bad + len(dead), timeout=3)
+    assert len(quarantine_letters(again)) == len(dead)
+
+    await produce(settings, [poison_event(3)])  # a new event: decided again (and set aside)
+    await wait_until_consumed(settings)
+    dead = quarantine_letters(await read_topic(settings, EVENTS_DLQ, expected=bad + len(dead) + 1))
+    assert len(dead[-1]["events"]) == 4
+
+    # A restart (as with a new policy) rebuilds the state and decides every patient again.
+    assert workers.stop(port) in (0, -signal.SIGTERM)
+    port = workers.start(tmp_path / "w1", module=double, **env)
+    workers.wait_ready()
+    deadline = time.monotonic() + 30
+    while len(after := quarantine_letters(await read_topic(settings, EVENTS_DLQ, 0))) <= len(dead):
+        assert time.monotonic() < deadline, "the restored poison patient was not decided again"
+        await asyncio.sleep(0.5)
+    assert len(after[-1]["events"]) == 4
+    assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
+    assert all(process.poll() is None for process in workers.processes.values())
+    after_restart = await published(settings, len(expected))
+    assert {p: messages[-1] for p, messages in after_restart.items()} == expected
+    log = (ARTIFACTS / f"classifier-{port}.stderr.log").read_text()
+    assert '"patient_quarantined"' in log and poison not in log
