@@ -83,7 +83,8 @@ class Settings(BaseSettings):
     classifier_host: str = "127.0.0.1"
     classifier_port: int = Field(default=8081, ge=1, le=65535)
     classifier_policy_file: Path | None = None
-    classifier_reevaluate_seconds: float = Field(default=3600, gt=0)
+    # POLICY.md: status changes as time passes, so patients are re-evaluated at least daily.
+    classifier_reevaluate_seconds: float = Field(default=3600, gt=0, le=86400)
     classifier_as_of: AwareDatetime | None = None
     classifier_session_timeout_seconds: float = Field(default=10, gt=0)
     classifier_cache_patients: int = Field(default=50_000, gt=0)

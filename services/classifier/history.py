@@ -12,11 +12,10 @@ it has not decided for a while (`forget_parsed`) and parses them again when need
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from enum import Enum
 
-from shared.contract import Event, parse_event
+from shared.contract import Event, content, json_text, parse_event
 
 CONFLICT_REASON = "an event with this source and id was already received with other content"
 
@@ -32,7 +31,7 @@ def _key(event: Event) -> str:
 
 
 def _canonical(text: str) -> str:
-    return json.dumps(json.loads(text), sort_keys=True, separators=(",", ":"))
+    return content(json_text.decode(text))
 
 
 @dataclass

@@ -1,16 +1,19 @@
 """Pain scores on the 0-10 scale, their medians over windows, and the current pain.
 
-Figures are exact fractions: a score or setting is read as the nearest fraction with a
-denominator of at most a million, so that 0.3 is 3/10, a PEG mean of 20/3 stays 20/3, and a
-reduction of exactly 30 % is decided by the rule, not by float rounding.
+Figures are exact fractions. A score is the decimal it was sent as (the contract's decoder keeps
+its text: `4.9` is 49/10, `49.99999999999999999999` mm is below 5/10 cm), so that a reduction of
+exactly 30 % is decided by the rule, not by rounding. A setting of the policy file (a float read
+from TOML) is read as the nearest fraction with a denominator of at most a million (0.3 is 3/10).
 """
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from fractions import Fraction
 
 from services.classifier.determination import Reason
@@ -18,16 +21,17 @@ from services.classifier.policy import Policy
 from shared.contract import ScoreRecorded
 
 
-def exact(value: float) -> Fraction:
+def exact(value: Decimal | float) -> Fraction:
     """A score, dose or setting as the exact number it was written as."""
+    if isinstance(value, Decimal):
+        return Fraction(value)
     return Fraction(value).limit_denominator(1_000_000)
 
 
-def median(values: Sequence[float]) -> Fraction | None:
+def median(values: Sequence[Decimal]) -> Fraction | None:
     """The exact median; of an even count, the mean of the middle two. None without values."""
     if not values:
         return None
-    # Sorted as floats, which is fast and orders them as their exact values do.
     ordered = sorted(values)
     middle = len(ordered) // 2
     if len(ordered) % 2:
@@ -41,8 +45,15 @@ def figure(value: Fraction | None) -> float | None:
 
 
 def figure_text(value: Fraction) -> str:
-    """A figure as a clinician reads it: `6`, `6.5`, `6.67`."""
-    return f"{float(value):.2f}".rstrip("0").rstrip(".")
+    """A figure as a clinician reads it: `6`, `6.5`, `6.67`.
+
+    Rounding never makes a figure look whole when it is not: 4.999999 is `4.99`, not `5`, so
+    that "current pain 5/10, needs 5, not met" cannot be written of a score just below 5.
+    """
+    text = f"{float(value):.2f}".rstrip("0").rstrip(".")
+    if "." not in text and 0 < value < int(text):  # rounded up to a whole number: say less
+        text = f"{math.floor(value * 100) / 100:.2f}"
+    return text
 
 
 class Scores:
@@ -53,7 +64,7 @@ class Scores:
         self._times = [score.time for score in scores]
         self._values = [score.data.score_0_10 for score in scores]
 
-    def between(self, start: datetime, end: datetime, *, include_start: bool) -> list[float]:
+    def between(self, start: datetime, end: datetime, *, include_start: bool) -> list[Decimal]:
         """The scores in [start, end], or in (start, end] without `include_start`."""
         low = (bisect_left if include_start else bisect_right)(self._times, start)
         return self._values[low : bisect_right(self._times, end)]

@@ -27,7 +27,9 @@ from shared.contract.events import (
     TrialStarted,
     TrialStopped,
     Violation,
+    content,
     parse_event,
+    read_event,
 )
 
 __all__ = [
@@ -53,5 +55,7 @@ __all__ = [
     "TrialStarted",
     "TrialStopped",
     "Violation",
+    "content",
     "parse_event",
+    "read_event",
 ]

@@ -10,29 +10,46 @@ a `time` without an offset is a violation, not something to coerce.
 
 from __future__ import annotations
 
-import json
-import math
 import re
 from datetime import date, datetime
+from decimal import Context, Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
-    AwareDatetime,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
+    Strict,
     StringConstraints,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
-TIME_REASON = "must be an RFC 3339 timestamp with an offset (e.g. Z or +01:00)"
+from shared.contract import json_text
+from shared.contract.instant import (  # noqa: F401 (the bounds are the contract's, named here)
+    DATE_MAX,
+    DATE_MIN,
+    DATE_RANGE_REASON,
+    FULL_DATE,
+    RFC3339,
+    TIME_MAX,
+    TIME_MIN,
+    TIME_RANGE_REASON,
+    TIME_REASON,
+    TimeError,
+    in_bounds,
+    parse_date,
+    parse_time,
+)
+from shared.contract.json_text import MAX_DEPTH, MAX_DIGITS, JsonTextError  # noqa: F401
+
 PATIENT_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
 
 PatientId = Annotated[
@@ -108,56 +125,127 @@ class DiagnosticResult(StrEnum):
 
 
 # Ranges of a score by instrument: (low, high, must be a whole number).
-SCORE_RANGES: dict[Instrument, tuple[float, float, bool]] = {
+SCORE_RANGES: dict[Instrument, tuple[int, int, bool]] = {
     Instrument.NRS: (0, 10, True),
     Instrument.VAS: (0, 100, False),
     Instrument.PEG: (0, 10, False),
 }
 
-
-def _non_finite(value: Any) -> bool:
-    if isinstance(value, float):
-        return not math.isfinite(value)
-    if isinstance(value, dict):
-        return any(_non_finite(item) for item in value.values())
-    if isinstance(value, list):
-        return any(_non_finite(item) for item in value)
-    return False
+# Enumerations are JSON strings: validated by value (pydantic's strict mode wants the member).
+Lax = Strict(False)
+_NUMBER_REASON = "Input should be a valid number"
+# Wide enough that shifting a score's decimal point (vas / 10) never rounds it.
+_EXACT = Context(prec=MAX_DIGITS + 2)
 
 
-class _FreeFormIsFinite:
-    """Unknown extra fields and free-form objects are kept, but only as strict JSON.
-
-    `NaN`, `Infinity` and overflowing literals such as `1e400` parse to non-finite floats in
-    free-form parts, which typed float fields refuse; they are refused here too.
-    """
-
-    @model_validator(mode="after")
-    def _free_form_is_finite(self):
-        # Read the fields directly: this runs for every event, and pydantic's attribute lookup
-        # of a field a model does not have is slow.
-        extra, findings = self.model_extra, self.__dict__.get("findings")
-        if (extra and _non_finite(extra)) or (findings is not None and _non_finite(findings)):
-            raise ValueError("numbers must be finite (NaN and Infinity are not JSON)")
-        return self
+def _number(value: Any) -> Decimal:
+    """A JSON number as the exact decimal it was written as (the decoder keeps its text)."""
+    if isinstance(value, bool) or not isinstance(value, Decimal | int | float):
+        raise PydanticCustomError("number", _NUMBER_REASON)
+    number = (
+        value
+        if isinstance(value, Decimal)
+        else Decimal(repr(value) if isinstance(value, float) else value)
+    )
+    reason = json_text.number_reason(number)
+    if reason is not None:
+        raise PydanticCustomError("number", reason)
+    return number
 
 
-class _Data(_FreeFormIsFinite, BaseModel):
-    model_config = ConfigDict(strict=True, extra="allow", frozen=True, allow_inf_nan=False)
+def _positive(value: Any) -> Decimal:
+    number = _number(value)
+    if not number > 0:
+        raise PydanticCustomError("greater_than", "Input should be greater than 0")
+    return number
+
+
+def _percent(value: Any) -> Decimal:
+    number = _number(value)
+    if number < 0:
+        raise PydanticCustomError(
+            "greater_than_equal", "Input should be greater than or equal to 0"
+        )
+    if number > 100:
+        raise PydanticCustomError("less_than_equal", "Input should be less than or equal to 100")
+    return number
+
+
+# Numbers are judged on their decimal text, as sent: `5.0000000000000000001` is not 5.
+Number = Annotated[Decimal, PlainValidator(_number), WithJsonSchema({"type": "number"})]
+PositiveNumber = Annotated[
+    Decimal, PlainValidator(_positive), WithJsonSchema({"type": "number", "exclusiveMinimum": 0})
+]
+Percent = Annotated[
+    Decimal,
+    PlainValidator(_percent),
+    WithJsonSchema({"type": "number", "minimum": 0, "maximum": 100}),
+]
+
+
+def _time(value: Any) -> datetime:
+    if isinstance(value, datetime) and value.utcoffset() is not None:
+        if not in_bounds(value):
+            raise PydanticCustomError("time_range", TIME_RANGE_REASON)
+        return value
+    if not isinstance(value, str):
+        raise PydanticCustomError("rfc3339", TIME_REASON)
+    try:
+        return parse_time(value)
+    except TimeError as error:
+        raise PydanticCustomError("rfc3339", str(error)) from None
+
+
+def _date(value: Any) -> date:
+    if isinstance(value, date) and not isinstance(value, datetime):
+        if not DATE_MIN <= value <= DATE_MAX:
+            raise PydanticCustomError("date_range", DATE_RANGE_REASON)
+        return value
+    if not isinstance(value, str):
+        raise PydanticCustomError("full_date", "must be a date as a string, YYYY-MM-DD")
+    try:
+        return parse_date(value)
+    except TimeError as error:
+        raise PydanticCustomError("full_date", str(error)) from None
+
+
+# RFC 3339 `date-time` with an offset, within the contract's bounds, exact past microseconds.
+Time = Annotated[
+    datetime,
+    PlainValidator(_time),
+    WithJsonSchema({"type": "string", "format": "date-time", "pattern": RFC3339.pattern}),
+]
+# RFC 3339 `full-date` within the contract's bounds.
+FullDate = Annotated[
+    date,
+    PlainValidator(_date),
+    WithJsonSchema({"type": "string", "format": "date", "pattern": FULL_DATE.pattern}),
+]
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
 
     patient_id: PatientId
 
 
 class ConditionData(_Data):
-    onset_date: date = Field(description="When the pain began (YYYY-MM-DD).")
+    onset_date: FullDate = Field(
+        description="When the pain began (YYYY-MM-DD), within 1900-01-01 .. 9999-12-31."
+    )
     icd10_codes: list[str] | None = None
     pain_sites: list[str] | None = None
+
+
+def _instrument_is(instrument: Instrument) -> dict[str, Any]:
+    # `nrs` is also the instrument left out or sent as null.
+    return {"enum": ["nrs", None]} if instrument is Instrument.NRS else {"const": instrument.value}
 
 
 def _score_schema(schema: dict[str, Any]) -> None:
     schema["allOf"] = [
         {
-            "if": {"properties": {"instrument": {"const": instrument.value}}}
+            "if": {"properties": {"instrument": _instrument_is(instrument)}}
             | ({"required": ["instrument"]} if instrument is not Instrument.NRS else {}),
             "then": {
                 "properties": {
@@ -174,28 +262,28 @@ class ScoreData(_Data):
     model_config = ConfigDict(json_schema_extra=_score_schema)
 
     # Declared before `score` so that the score's range check can see it.
-    instrument: Instrument = Field(
+    instrument: Annotated[Instrument, Lax] = Field(
         default=Instrument.NRS,
         description="nrs: integer 0-10; vas: 0-100 mm (divided by 10); peg: PEG-3 mean 0-10.",
     )
-    score: float
+    score: Number
 
     @field_validator("score")
     @classmethod
-    def _score_in_instrument_range(cls, score: float, info: ValidationInfo) -> float:
+    def _score_in_instrument_range(cls, score: Decimal, info: ValidationInfo) -> Decimal:
         instrument = info.data.get("instrument")
         if instrument is None:  # the instrument itself was invalid and is reported on its own
             return score
         low, high, whole = SCORE_RANGES[instrument]
-        if not low <= score <= high or (whole and score != int(score)):
+        if not low <= score <= high or (whole and score != score.to_integral_value()):
             kind = "a whole number" if whole else "a number"
             raise ValueError(f"{instrument.value} score must be {kind} from {low} to {high}")
         return score
 
     @property
-    def score_0_10(self) -> float:
-        """The score on the 0-10 scale used for every comparison (`vas` / 10)."""
-        return self.score / 10 if self.instrument is Instrument.VAS else self.score
+    def score_0_10(self) -> Decimal:
+        """The score on the 0-10 scale used for every comparison (`vas` / 10), exactly."""
+        return self.score.scaleb(-1, _EXACT) if self.instrument is Instrument.VAS else self.score
 
 
 class TrialStartedData(_Data):
@@ -204,19 +292,19 @@ class TrialStartedData(_Data):
     rxnorm: NonEmpty | None = Field(
         default=None, description="RxNorm ingredient RXCUI; when present it wins over `drug`."
     )
-    daily_dose: float = Field(gt=0)
-    dose_unit: DoseUnit
+    daily_dose: PositiveNumber
+    dose_unit: Annotated[DoseUnit, Lax]
 
 
 class TrialDoseChangedData(_Data):
     trial_id: NonEmpty
-    daily_dose: float = Field(gt=0)
-    dose_unit: DoseUnit
+    daily_dose: PositiveNumber
+    dose_unit: Annotated[DoseUnit, Lax]
 
 
 class TrialStoppedData(_Data):
     trial_id: NonEmpty
-    reason: StopReason
+    reason: Annotated[StopReason, Lax]
 
 
 class SideEffectData(_Data):
@@ -232,7 +320,7 @@ class SideEffectData(_Data):
     trial_id: NonEmpty | None = None
     drug: NonEmpty | None = None
     effect: NonEmpty
-    severity: Severity
+    severity: Annotated[Severity, Lax]
     intolerable: bool = Field(
         default=False, description="True when it prevents reaching or keeping a therapeutic dose."
     )
@@ -245,37 +333,22 @@ class SideEffectData(_Data):
 
 
 class AssessmentData(_Data):
-    kind: AssessmentKind
-    classification: Classification | None = None
+    kind: Annotated[AssessmentKind, Lax]
+    classification: Annotated[Classification, Lax] | None = None
     findings: dict[str, Any] | None = None
 
 
 class DiagnosticData(_Data):
-    test: DiagnosticTest
-    result: DiagnosticResult
-    relief_percent: float | None = Field(default=None, ge=0, le=100)
+    test: Annotated[DiagnosticTest, Lax]
+    result: Annotated[DiagnosticResult, Lax]
+    relief_percent: Percent | None = None
 
 
 class RetractionData(_Data):
     retracted_id: NonEmpty = Field(description="The `id` of an earlier event from the same source.")
 
 
-RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
-
-
-def _rfc3339(value: Any) -> Any:
-    """Only RFC 3339 date-times with an offset; the parser alone would take more forms."""
-    if not isinstance(value, str):
-        return value  # refused by the datetime validation that follows, as not a string
-    if not RFC3339.match(value):
-        raise PydanticCustomError("rfc3339", TIME_REASON)
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError:  # e.g. 2026-02-30, or an hour of 25
-        raise PydanticCustomError("rfc3339", TIME_REASON) from None
-
-
-class _Envelope(_FreeFormIsFinite, BaseModel):
+class _Envelope(BaseModel):
     """CloudEvents 1.0 attributes, structured JSON mode. Extension attributes are kept."""
 
     model_config = ConfigDict(strict=True, extra="allow", frozen=True)
@@ -283,8 +356,9 @@ class _Envelope(_FreeFormIsFinite, BaseModel):
     specversion: Literal["1.0"]
     id: KeyPart = Field(description="Unique per source: (source, id) is the idempotency key.")
     source: KeyPart = Field(description="URI reference of the publishing system.")
-    time: Annotated[AwareDatetime, BeforeValidator(_rfc3339)] = Field(
-        description="RFC 3339 with offset: when the clinical fact happened."
+    time: Time = Field(
+        description="RFC 3339 with offset: when the clinical fact happened; in UTC within "
+        "1900-01-01T00:00:00Z .. 9999-12-31T00:00:00Z."
     )
     datacontenttype: Literal["application/json"] | None = None
 
@@ -390,6 +464,8 @@ _REASONS = {
     "union_tag_invalid": "unknown event type; expected one of " + ", ".join(EVENT_MODELS),
     "union_tag_not_found": "field required",
     "timezone_aware": TIME_REASON,
+    "list_type": "Input should be a valid array",
+    "dict_type": "must be a JSON object",
 }
 
 
@@ -410,26 +486,93 @@ def _violations(error: ValidationError) -> list[Violation]:
 def parse_event(raw: bytes | str | Any) -> Event:
     """Validate one CloudEvent against the contract.
 
-    `raw` is the event's JSON text or the already decoded JSON value. Raises ContractViolation.
+    `raw` is the event's JSON text (decoded here: `json_text.decode`, exact numbers, no repeated
+    member names, nesting bounded) or a JSON value decoded by `json_text.decode` or `json.loads`.
+    An optional field sent as `null` is the field left out; a required one is then missing.
+    Raises ContractViolation naming each field and why.
     """
-    if not isinstance(raw, (bytes, bytearray, str)):
+    return read_event(raw)[0]
+
+
+def read_event(raw: bytes | str | Any) -> tuple[Event, Any]:
+    """`parse_event`, with the event's decoded JSON value (for `json_text.dumps`)."""
+    if isinstance(raw, bytes | bytearray | memoryview | str):
         try:
-            raw = json.dumps(raw, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise ContractViolation([Violation(field="(event)", reason="not valid JSON")]) from exc
+            value = json_text.decode(raw)
+        except JsonTextError as error:
+            raise ContractViolation(_from_problems(error.problems)) from None
+        escape = "\\u" if isinstance(raw, str) else b"\\u"
+        may_hold_bad_text = escape in raw and _MAY_HOLD_BAD_TEXT.search(_text(raw)) is not None
+    else:
+        value = raw
+        problems = json_text.check(value)
+        if not isinstance(value, dict | list | str | int | float | Decimal | None):
+            problems = [("(event)", json_text.NOT_JSON)]  # a Python value JSON has no form for
+        if problems:
+            raise ContractViolation(_from_problems(problems))
+        may_hold_bad_text = True
     try:
-        event = _EVENT_ADAPTER.validate_json(raw)
+        event = _EVENT_ADAPTER.validate_python(_without_nulls(value))
     except ValidationError as exc:
         raise ContractViolation(_violations(exc)) from None
+    # The typed numbers were judged by their fields; the free-form parts' numbers are here.
+    free_form = _free_form(event)
+    if free_form:
+        problems = json_text.number_problems(free_form)
+        if problems:
+            raise ContractViolation(_from_problems(problems))
     # Only a \u escape can carry a NUL or a lone surrogate into a string: look only then.
-    if _MAY_HOLD_BAD_TEXT.search(raw if isinstance(raw, str) else raw.decode("utf-8", "replace")):
+    if may_hold_bad_text:
         problems = [
             Violation(field=_field_path(path), reason=reason)
-            for path, reason in _bad_text(event.model_dump(mode="python", by_alias=True), ())
+            for path, reason in _bad_text(value, ())
         ]
         if problems:
             raise ContractViolation(problems)
-    return event
+    return event, value
+
+
+def _text(raw: bytes | bytearray | memoryview | str) -> str:
+    return raw if isinstance(raw, str) else bytes(raw).decode("utf-8", "replace")
+
+
+def _free_form(event: Event) -> dict[str, Any]:
+    """The parts of an event no field types: its unknown members and the findings, by path."""
+    parts: dict[str, Any] = {}
+    if event.model_extra:
+        parts.update(event.model_extra)
+    data = event.data
+    if data.model_extra:
+        parts["data"] = dict(data.model_extra)
+    findings = data.__dict__.get("findings")
+    if findings:
+        parts.setdefault("data", {})["findings"] = findings
+    return parts
+
+
+def _from_problems(problems: list[tuple[str, str]]) -> list[Violation]:
+    return [Violation(field=field, reason=reason) for field, reason in problems]
+
+
+def content(value: Any) -> str:
+    """What an event *is*, as text: two deliveries of one event have the same content.
+
+    Canonical JSON (`json_text.canonical`: sorted names, numbers by value) of the event with its
+    members sent as `null` left out, as the contract reads them.
+    """
+    return json_text.canonical(_without_nulls(value))
+
+
+def _without_nulls(value: Any) -> Any:
+    """The envelope and its `data` without the members sent as `null` (the same as left out)."""
+    if not isinstance(value, dict):
+        return value
+    if None in value.values():
+        value = {key: item for key, item in value.items() if item is not None}
+    data = value.get("data")
+    if isinstance(data, dict) and None in data.values():
+        value = {**value, "data": {key: item for key, item in data.items() if item is not None}}
+    return value
 
 
 _MAY_HOLD_BAD_TEXT = re.compile(r"\\u(0000|d[89a-f])", re.IGNORECASE)

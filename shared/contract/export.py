@@ -18,11 +18,10 @@ from typing import Any
 
 import yaml
 from pydantic import TypeAdapter
-from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue, models_json_schema
-from pydantic_core import core_schema
+from pydantic.json_schema import GenerateJsonSchema, models_json_schema
 
 from shared import dead_letter
-from shared.contract.events import EVENT_MODELS, RFC3339, PatientId
+from shared.contract.events import EVENT_MODELS, PatientId
 from shared.topics import CARE_TASKS, CATALOG, DETERMINATIONS, EVENTS, EVENTS_DLQ, Topic
 
 CONTRACT_VERSION = "1.0.0"
@@ -35,23 +34,9 @@ ASYNCAPI_PATH = DOCS_DIR / "asyncapi.yaml"
 
 KAFKA_BINDING_VERSION = "0.5.0"
 
-# RFC 3339 `date-time` and `full-date`. Most validators treat `format` as an annotation only, so
-# the patterns are what actually rejects a timestamp without an offset.
-RFC3339_DATE_TIME = RFC3339.pattern
-RFC3339_FULL_DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
-
 
 class ContractJsonSchema(GenerateJsonSchema):
-    """pydantic's JSON Schema, with patterns for the RFC 3339 dates and timestamps."""
-
-    def datetime_schema(self, schema: core_schema.DatetimeSchema) -> JsonSchemaValue:
-        json_schema = super().datetime_schema(schema)
-        if schema.get("tz_constraint") == "aware":
-            json_schema["pattern"] = RFC3339_DATE_TIME
-        return json_schema
-
-    def date_schema(self, schema: core_schema.DateSchema) -> JsonSchemaValue:
-        return super().date_schema(schema) | {"pattern": RFC3339_FULL_DATE}
+    """pydantic's JSON Schema generator (the times and numbers bring their own schemas)."""
 
 
 def schema_path(event_type: str) -> Path:
@@ -61,7 +46,22 @@ def schema_path(event_type: str) -> Path:
 def event_schema(event_type: str) -> dict[str, Any]:
     """The standalone JSON Schema of one event type: envelope, data and their definitions."""
     schema = EVENT_MODELS[event_type].model_json_schema(schema_generator=ContractJsonSchema)
+    _optional_may_be_null(schema)
+    for definition in schema.get("$defs", {}).values():
+        _optional_may_be_null(definition)
     return {"$schema": SCHEMA_DIALECT, "$id": f"{SCHEMA_ID_BASE}{event_type}.json", **schema}
+
+
+def _optional_may_be_null(schema: dict[str, Any]) -> None:
+    """An optional member sent as `null` is the member left out (CONTRACT.md): say so."""
+    required = set(schema.get("required", ()))
+    for name, member in schema.get("properties", {}).items():
+        if name in required or {"type": "null"} in member.get("anyOf", ()):
+            continue
+        notes = {
+            key: member.pop(key) for key in ("title", "description", "default") if key in member
+        }
+        schema["properties"][name] = {"anyOf": [dict(member), {"type": "null"}], **notes}
 
 
 def asyncapi_document() -> dict[str, Any]:
@@ -71,6 +71,8 @@ def asyncapi_document() -> dict[str, Any]:
         ref_template="#/components/schemas/{model}",
         schema_generator=ContractJsonSchema,
     )
+    for definition in definitions.get("$defs", {}).values():
+        _optional_may_be_null(definition)
     patient_key = TypeAdapter(PatientId).json_schema()
 
     event_messages = {

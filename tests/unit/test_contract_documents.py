@@ -123,6 +123,7 @@ def test_asyncapi_documents_every_dead_letter_header(asyncapi: dict[str, Any]) -
     assert set(dead_letter.HEADERS) == {
         "dlq.reason",
         "dlq.field",
+        "dlq.kind",
         "dlq.original.topic",
         "dlq.original.partition",
         "dlq.original.offset",
