@@ -322,6 +322,22 @@ def test_the_depth_is_max_depth() -> None:
     assert mentions and set(mentions) == {str(MAX_DEPTH)}
 
 
+def test_the_number_limits_are_the_decoders() -> None:
+    from shared.contract.json_text import MAX_DIGITS, number_reason
+
+    limits = {
+        row["limit"]: row["value"] for row in _table(_sections("###")["Limits Painpath adds"])
+    }
+
+    assert f"at most {MAX_DIGITS} significant digits" in limits["digits of a number"]
+    assert "1e-308" in limits["small numbers"] and "1.7976931348623157e308" in limits["numbers"]
+    assert number_reason(Decimal("1e-308")) is None and number_reason(Decimal("1e-309"))
+    assert number_reason(Decimal("1.7976931348623157e308")) is None
+    assert number_reason(Decimal("1.7976931348623158e308"))
+    assert number_reason(Decimal("1" * MAX_DIGITS)) is None
+    assert number_reason(Decimal("1" * (MAX_DIGITS + 1)))
+
+
 def test_the_time_bounds_are_time_min_and_time_max() -> None:
     from shared.contract.events import TIME_MAX, TIME_MIN
 
