@@ -34,6 +34,7 @@ from shared.contract.events import (
     SCORE_RANGES,
 )
 from shared.topics import EVENTS, EVENTS_DLQ
+from tests import markdown
 from tests.samples import CONTRACT_EXAMPLE
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -48,24 +49,10 @@ NOT_IMPLEMENTED_TYPES = {"pain.function.recorded.v1"}  # contract 1.1, issue 16
 
 
 def _sections(level: str) -> dict[str, str]:
-    """The text under each heading of the given level ("##" or "###"), by heading."""
-    parts = re.split(rf"^{level} (.+)$", TEXT, flags=re.MULTILINE)
-    return {heading.strip(): body for heading, body in zip(parts[1::2], parts[2::2], strict=True)}
+    return markdown.sections(TEXT, level)
 
 
-def _table(body: str) -> list[dict[str, str]]:
-    """The first markdown table of `body`, as one dict per row keyed by the header's words."""
-    lines = [line.strip() for line in body.splitlines()]
-    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
-    rows = []
-    for line in lines[start:]:
-        if not line.startswith("|"):
-            break
-        rows.append([cell.strip() for cell in line.strip("|").split("|")])
-    header, separator, *cells = rows
-    assert all(set(cell) <= set("-:") for cell in separator), "second row must be |---|"
-    assert all(len(row) == len(header) for row in cells), "a row has a stray `|` or lacks a cell"
-    return [dict(zip(header, row, strict=True)) for row in cells]
+_table = markdown.table
 
 
 def _name(cell: str) -> str:

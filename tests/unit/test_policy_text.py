@@ -30,6 +30,7 @@ from services.classifier.policy import (
     load_policy,
 )
 from shared.settings import Settings
+from tests import markdown
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEXT_PATH = REPO_ROOT / "docs/policy/README.md"
@@ -69,19 +70,10 @@ def _one(pattern: str, text: str) -> tuple[str, ...]:
 
 
 def _table(body: str) -> list[dict[str, str]]:
-    """The first markdown table of `body`, as one dict per row keyed by the header's words."""
-    lines = [line.strip() for line in body.splitlines()]
-    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
-    rows = []
-    for line in lines[start:]:
-        if not line.startswith("|"):
-            break
-        rows.append([cell.strip() for cell in line.strip("|").split("|")])
-    header, separator, *cells = rows
-    assert header == TABLE_HEADER
-    assert all(set(cell) <= set("-:") for cell in separator), "second row must be |---|"
-    assert all(len(row) == len(header) for row in cells), "a row has a stray `|` or lacks a cell"
-    return [dict(zip(header, row, strict=True)) for row in cells]
+    """The formulary table of `body`, its header checked."""
+    rows = markdown.table(body)
+    assert rows and list(rows[0]) == TABLE_HEADER
+    return rows
 
 
 def _documented_row(row: dict[str, str]) -> dict[str, Any]:
