@@ -34,7 +34,7 @@ def read_value(value: bytes | None) -> tuple[Event, str] | Rejection:
     except UnicodeDecodeError:
         return Rejection("(event): not UTF-8 text", "(event)", "encoding")
     try:
-        event = parse_event(text)
+        event = parse_event(value)  # the bytes: the decoder reads them without a copy
     except ContractViolation as violation:
         return Rejection(str(violation), violation.violations[0].field, "contract")
     return event, text
