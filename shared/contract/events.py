@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainSerializer,
     PlainValidator,
     Strict,
     StringConstraints,
@@ -171,14 +172,29 @@ def _percent(value: Any) -> Decimal:
     return number
 
 
+def _number_json(number: Decimal) -> int | float:
+    """A number in a model's JSON form (`model_dump_json`), which JSON can only give as int or
+    float. The services never publish that form: they keep and publish the event's text as sent,
+    and compute with the exact `Decimal` attribute."""
+    return int(number) if number == number.to_integral_value() else float(number)
+
+
+_AS_JSON_NUMBER = PlainSerializer(_number_json, when_used="json")
+
 # Numbers are judged on their decimal text, as sent: `5.0000000000000000001` is not 5.
-Number = Annotated[Decimal, PlainValidator(_number), WithJsonSchema({"type": "number"})]
+Number = Annotated[
+    Decimal, PlainValidator(_number), _AS_JSON_NUMBER, WithJsonSchema({"type": "number"})
+]
 PositiveNumber = Annotated[
-    Decimal, PlainValidator(_positive), WithJsonSchema({"type": "number", "exclusiveMinimum": 0})
+    Decimal,
+    PlainValidator(_positive),
+    _AS_JSON_NUMBER,
+    WithJsonSchema({"type": "number", "exclusiveMinimum": 0}),
 ]
 Percent = Annotated[
     Decimal,
     PlainValidator(_percent),
+    _AS_JSON_NUMBER,
     WithJsonSchema({"type": "number", "minimum": 0, "maximum": 100}),
 ]
 
@@ -209,16 +225,23 @@ def _date(value: Any) -> date:
         raise PydanticCustomError("full_date", str(error)) from None
 
 
+def _time_json(moment: datetime) -> str:
+    text = moment.isoformat()  # an Instant writes every digit past the microsecond
+    return text[: -len("+00:00")] + "Z" if text.endswith("+00:00") else text
+
+
 # RFC 3339 `date-time` with an offset, within the contract's bounds, exact past microseconds.
 Time = Annotated[
     datetime,
     PlainValidator(_time),
+    PlainSerializer(_time_json, when_used="json"),
     WithJsonSchema({"type": "string", "format": "date-time", "pattern": RFC3339.pattern}),
 ]
 # RFC 3339 `full-date` within the contract's bounds.
 FullDate = Annotated[
     date,
     PlainValidator(_date),
+    PlainSerializer(date.isoformat, when_used="json"),
     WithJsonSchema({"type": "string", "format": "date", "pattern": FULL_DATE.pattern}),
 ]
 

@@ -120,3 +120,10 @@ def test_an_event_sent_again_with_null_for_a_field_it_left_out_is_the_same_event
     assert history.admit(parse_event(left_out), left_out) is Admission.NEW
     assert history.admit(parse_event(sent_null), sent_null) is Admission.DUPLICATE
     assert history.admit(parse_event(other), other) is Admission.CONFLICT
+
+
+@pytest.mark.parametrize("edge", [e for e in EDGES if e.accepted], ids=lambda e: e.name)
+def test_an_accepted_events_json_form_is_accepted_again(edge: Edge) -> None:
+    event = parse_event(edge.text)
+
+    assert parse_event(event.model_dump_json(exclude_none=True)).key == event.key
