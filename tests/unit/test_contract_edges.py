@@ -127,3 +127,22 @@ def test_an_accepted_events_json_form_is_accepted_again(edge: Edge) -> None:
     event = parse_event(edge.text)
 
     assert parse_event(event.model_dump_json(exclude_none=True)).key == event.key
+
+
+def test_one_source_and_id_in_two_patients_streams_is_two_events_one_in_each() -> None:
+    from services.classifier.offline import read_histories
+
+    first = (
+        '{"specversion": "1.0", "id": "e-1", "source": "s", "type": "pain.score.recorded.v1",'
+        ' "time": "2026-01-10T10:00:00Z", "data": {"patient_id": "p-a", "score": 4}}'
+    )
+    second = first.replace('"p-a"', '"p-b"').replace('"score": 4', '"score": 7')
+    again_other_content = first.replace('"score": 4', '"score": 5')
+
+    histories, refused = read_histories([first, second, again_other_content])
+
+    assert {patient: len(history.raw) for patient, history in histories.items()} == {
+        "p-a": 1,
+        "p-b": 1,
+    }
+    assert [(bad.line, bad.reason.split(":")[0]) for bad in refused] == [(3, "id")]
