@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -21,11 +21,11 @@ from services.classifier.policy import Policy
 from services.classifier.records import DecisionFailure, Rejection, read_record, read_value
 from services.classifier.rules import evaluate
 from shared.contract import MAX_EVENT_BYTES
+from shared.contract.instant import TIME_MAX, TIME_MIN, in_bounds
 
 # The instants an event's `time` may take (CONTRACT.md, in UTC), so the instants T too: outside
 # them a rule's date arithmetic can leave the calendar.
-EARLIEST_AS_OF = datetime(1900, 1, 1, tzinfo=UTC)
-LATEST_AS_OF = datetime(9999, 12, 31, tzinfo=UTC)
+EARLIEST_AS_OF, LATEST_AS_OF = TIME_MIN, TIME_MAX  # the contract's bounds of every event's time
 
 
 @dataclass(frozen=True)
@@ -58,10 +58,7 @@ class _Read:
 
 def as_of_in_range(as_of: datetime) -> bool:
     """Whether an aware instant lies within the contract's bounds (EARLIEST_AS_OF..LATEST_AS_OF)."""
-    try:
-        return EARLIEST_AS_OF <= as_of.astimezone(UTC) <= LATEST_AS_OF
-    except OverflowError:  # year 1 or 9999 pushed off the calendar by its offset
-        return False
+    return in_bounds(as_of)
 
 
 def _read(lines: Iterable[bytes | str]) -> _Read:

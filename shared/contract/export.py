@@ -233,7 +233,10 @@ def _rejected_event_message() -> dict[str, Any]:
         "headers": {
             "type": "object",
             "description": "The original record's headers are kept, and these are added.",
-            "required": list(dead_letter.HEADERS),
+            # A patient set aside read nothing of its partition yet, rarely: no offset then.
+            "required": [
+                name for name in dead_letter.HEADERS if name != dead_letter.ORIGINAL_OFFSET
+            ],
             "properties": {
                 name: {"type": "string", "description": description}
                 | _DLQ_HEADER_FORMATS.get(name, {})
@@ -242,7 +245,10 @@ def _rejected_event_message() -> dict[str, Any]:
             "additionalProperties": True,
         },
         "payload": {
-            "description": "The original record's value, byte for byte; it may not be JSON at all.",
+            "description": "The original record's value, byte for byte; it may not be JSON at all."
+            " For `dlq.kind: quarantine` (a patient set aside), a JSON object listing the events"
+            " that were being decided: `{kind, error, raised_in, policy, as_of, event_count, part,"
+            " parts, events: [{source, id}]}`.",
         },
         "bindings": _key_binding(
             {"type": "string", "description": "The original record's key, unchanged."}
