@@ -254,7 +254,9 @@ def create_app(settings: Settings, endpoints: Endpoints) -> FastAPI:
             return _problem(413, "Content Too Large", f"at most {MAX_BATCH} events per request")
         metrics.batch_size.observe(len(items))
         try:
-            outcome = await state["ingestor"].ingest(items, api_key, request.state.traceparent)
+            outcome = await state["ingestor"].ingest(
+                items, api_key, request.state.traceparent, plain=json_text.plain(body)
+            )
         except PublishFailed:
             metrics.publish_failures.inc()
             log.warning("publish_failed", source_system=api_key.name, events=len(items))

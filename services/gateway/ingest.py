@@ -90,9 +90,9 @@ def _result(index: int, event_id: str | None, status: ItemStatus, *errors: Viola
     )
 
 
-def _read(item: Any) -> tuple[Any, Any] | ContractViolation:
+def _read(item: Any, plain: bool = False) -> tuple[Any, Any] | ContractViolation:
     try:
-        return read_event(item)
+        return read_event(item, plain=plain)
     except ContractViolation as violation:
         return violation
 
@@ -128,8 +128,14 @@ class Ingestor:
         self._publish_timeout = publish_timeout
 
     async def ingest(
-        self, items: list[Any], api_key: ApiKey, traceparent: str | None = None
+        self,
+        items: list[Any],
+        api_key: ApiKey,
+        traceparent: str | None = None,
+        *,
+        plain: bool = False,
     ) -> Outcome:
+        """`plain`: the items were decoded from a body `json_text.plain` found plain."""
         results: dict[int, ItemResult] = {}
         candidates: list[_Candidate] = []
         seen: dict[tuple[str, str], bytes] = {}
@@ -138,7 +144,7 @@ class Ingestor:
             # linear in their size but not at C speed, so it runs off the event loop.
             read = await asyncio.to_thread(lambda: [_read(item) for item in items])
         else:
-            read = [_read(item) for item in items]
+            read = [_read(item, plain) for item in items]
         for index, (item, outcome) in enumerate(zip(items, read, strict=True)):
             if isinstance(outcome, ContractViolation):
                 results[index] = _result(

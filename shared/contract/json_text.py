@@ -28,6 +28,7 @@ from itertools import accumulate
 from typing import Any
 
 import jiter
+import simplejson
 
 MAX_DEPTH = 32
 MAX_DIGITS = 34
@@ -299,29 +300,10 @@ def _scan(text: str) -> tuple[list[Problem], list[tuple[int, int]] | None]:
     return problems, spans
 
 
-def dumps(value: Any, *, sort_keys: bool = False) -> str:
-    """Compact JSON of a decoded value, numbers exactly as decoded; with `sort_keys`, the
-    canonical form that tells whether two texts are one content (`canonical`)."""
-    if isinstance(value, dict):
-        items = sorted(value.items()) if sort_keys else value.items()
-        inner = ",".join(
-            f"{_string(key)}:{dumps(item, sort_keys=sort_keys)}" for key, item in items
-        )
-        return "{" + inner + "}"
-    if isinstance(value, list):
-        return "[" + ",".join(dumps(item, sort_keys=sort_keys) for item in value) + "]"
-    if isinstance(value, str):
-        return _string(value)
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if value is None:
-        return "null"
-    if isinstance(value, int):
-        return str(value)
-    number = value if isinstance(value, Decimal) else Decimal(repr(value))
-    return _canonical_number(number) if sort_keys else str(number)
+def dumps(value: Any) -> str:
+    """Compact JSON of a decoded value, numbers exactly as decoded (simplejson's C writer, which
+    writes a `Decimal` as its own text; the standard library's cannot)."""
+    return simplejson.dumps(value, use_decimal=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def canonical(value: Any) -> str:
@@ -329,23 +311,42 @@ def canonical(value: Any) -> str:
 
     A number a binary64 float holds exactly as written is written as Python writes that float
     (`5.0`, `0.3`), the form contents were compared in before numbers were read exactly, so the
-    content hashes kept by the gateway stay valid; any other is written exactly (`5e-400`).
+    content hashes kept by the gateway stay valid; any other is written exactly, marked by a NUL
+    (which no accepted string holds, so it never equals a string's text).
     """
-    return dumps(value, sort_keys=True)
+    return simplejson.dumps(
+        value,
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        use_decimal=False,
+        default=_canonical_number,
+    )
 
 
-def _string(value: str) -> str:
-    return json.dumps(value, ensure_ascii=False)
-
-
-def _canonical_number(number: Decimal) -> str:
+def _canonical_number(number: Any) -> Any:
+    if not isinstance(number, Decimal):
+        raise TypeError(f"{type(number).__name__} is not JSON")
     as_float = float(number)
     if Decimal(repr(as_float)) == number:
-        return repr(as_float)
+        return as_float
     sign, digits, exponent = number.as_tuple()
     coefficient = "".join(map(str, digits)).rstrip("0")
     exponent = int(exponent) + len(digits) - len(coefficient)
-    return f"{'-' if sign else ''}{coefficient}e{exponent}"
+    return f"\x00{'-' if sign else ''}{coefficient}e{exponent}"
+
+
+def plain(data: bytes) -> bool:
+    """Whether no event of a body can nest too deep nor hold a `\\u` escape (a NUL, a lone
+    surrogate), at the regular expression engine's speed: its events then need neither walk."""
+    if b"\\u" in data:
+        return False
+    if data.count(b"[") + data.count(b"{") <= MAX_DEPTH:
+        return True
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", data.decode("utf-8", "replace")))
+    deepest = max(accumulate(map(_DELTA.__getitem__, brackets)), default=0)
+    batch = data.lstrip().startswith(b"[")  # a batch's own array is no level of its events
+    return deepest <= MAX_DEPTH + batch
 
 
 def decode_batch(data: bytes) -> list[Any]:

@@ -146,3 +146,39 @@ def test_one_source_and_id_in_two_patients_streams_is_two_events_one_in_each() -
         "p-b": 1,
     }
     assert [(bad.line, bad.reason.split(":")[0]) for bad in refused] == [(3, "id")]
+
+
+@pytest.mark.parametrize(
+    ("body", "plain"),
+    [
+        (b'[{"a": 1}, {"b": [1, [2]]}]', True),
+        (b'{"a": "\\u00e9"}', False),
+        (b"[" + b'{"a": ' + b"[" * 31 + b"]" * 31 + b"}]", True),
+        (b"[" + b'{"a": ' + b"[" * 32 + b"]" * 32 + b"}]", False),
+        (b'{"a": ' + b"[" * 31 + b"]" * 31 + b"}", True),
+        (b'{"a": ' + b"[" * 32 + b"]" * 32 + b"}", False),
+        (b'{"a": "' + b"[" * 40 + b'"}', True),
+    ],
+    ids=[
+        "shallow",
+        "escape",
+        "batch-32-deep",
+        "batch-33-deep",
+        "event-32-deep",
+        "event-33-deep",
+        "brackets-in-text",
+    ],
+)
+def test_a_plain_body_is_one_whose_events_no_walk_can_refuse(body: bytes, plain: bool) -> None:
+    assert json_text.plain(body) is plain
+    for item in json_text.decode_batch(body):
+        deep = bool(json_text.check(item)) if isinstance(item, dict) else True
+        assert not (plain and deep)
+
+
+def test_a_body_is_published_with_its_numbers_as_sent() -> None:
+    [item] = json_text.decode_batch(b'{"a": 5.50, "b": 1e-300, "c": "\\u00e9", "d": [true, null]}')
+
+    assert json_text.dumps(item) == '{"a":5.50,"b":1E-300,"c":"\\u00e9","d":[true,null]}'.replace(
+        "\\u00e9", "\u00e9"
+    )
