@@ -91,6 +91,12 @@ class Settings(BaseSettings):
     classifier_fetch_wait_ms: int = Field(default=20, ge=0)
     classifier_max_batch: int = Field(default=10_000, gt=0)
     classifier_decision_delay_seconds: float = Field(default=5, ge=0)
+    # The local store, a RocksDB folder per partition (default $PAINPATH_STATE_DIR/classifier-state)
+    classifier_state_dir: Path | None = None
+    # A checkpoint once every waiting patient is decided, at most this often ...
+    classifier_checkpoint_seconds: float = Field(default=1, ge=0)
+    # ... and at least this often while a backlog keeps patients waiting.
+    classifier_checkpoint_max_seconds: float = Field(default=30, gt=0)
 
     # Coordinator
     coordinator_host: str = "127.0.0.1"

@@ -83,20 +83,22 @@ CARE_TASKS = Topic(
 )
 
 # Internal: the classifier's state, read only by the classifier itself.
-CLASSIFIER_HISTORY = Topic(
-    name="painpath.classifier.history.v1",
+CLASSIFIER_CHANGELOG = Topic(
+    name="painpath.classifier.changelog.v1",
     summary=(
-        "The classifier's state: every admitted event, once, in admission order, on the"
-        " partition of its input record (framed batches of original bytes)."
+        "The classifier's state: at each checkpoint, one record per changed patient (the"
+        " patient's admitted events, compressed) and a checkpoint marker, on the partition of"
+        " the patient's input records."
     ),
     partitions=PATIENT_PARTITIONS,
-    key="the input offsets the batch covers",
-    # Never compacted: records are batches of events, not the latest value of a key.
-    cleanup_policy="delete",
+    key="patient_id (a large state's parts: patient_id NUL number; the marker: NUL checkpoint)",
+    # The latest record of a key is its state: compaction keeps one per patient. Correctness
+    # never depends on it (the local broker has none), only the time a new owner takes.
+    cleanup_policy="compact",
     retention_ms=-1,
 )
 
 # The topics other systems read or write: documented in the AsyncAPI document.
 CATALOG: tuple[Topic, ...] = (EVENTS, EVENTS_DLQ, DETERMINATIONS, CARE_TASKS)
 # Every topic `painpath topics create` makes.
-ALL_TOPICS: tuple[Topic, ...] = (*CATALOG, CLASSIFIER_HISTORY)
+ALL_TOPICS: tuple[Topic, ...] = (*CATALOG, CLASSIFIER_CHANGELOG)

@@ -2,316 +2,94 @@
 
 A worker is one member of the consumer group `painpath-classifier`; start several and the
 partitions are shared between them. The design, and why it is not a faust agent, is in the
-README ("The streaming classifier"). In short:
+README ("The streaming classifier"). This module wires the parts, each a module of its own:
 
-- **Batches.** Records are fetched in batches (up to `CLASSIFIER_MAX_BATCH`). Each record is read
+- **Consuming** (here): records are fetched in batches (up to `CLASSIFIER_MAX_BATCH`), each read
   (`records.read_record`) and admitted to its patient's history (`history.admit`: a duplicate
-  changes nothing, a conflicting one is refused). Refused records go to `pain.events.dlq.v1` with
-  their original key, value and headers plus headers naming the reason and where they came from.
-- **State.** Each owned partition's histories live in memory. What a batch admitted is appended,
-  as framed original bytes, to the partition of the same number of the internal topic
-  `painpath.classifier.history.v1`: one record per partition per batch, not one per event or per
-  patient. A partition's histories are rebuilt from it when the partition is assigned.
-- **Decisions.** A patient touched by a batch is marked dirty; dirty patients are re-decided
-  (`rules.evaluate`) once the worker has caught up, or, during a backfill, after
-  `CLASSIFIER_DECISION_DELAY_SECONDS` and four times what the pass is expected to take (deciding
-  takes at most a fifth of the time), so a patient with a hundred events in a backfill is decided
-  a few times, not a hundred. A determination is published, keyed by patient, on the partition
-  of its input, only when its id differs from the last one published for that patient.
-- **Delivery.** After each batch every send (history, dead letters, determinations) is
-  acknowledged by the broker (`acks=all`) before the input offsets are committed. A crash
-  re-delivers the uncommitted records, whose admission is idempotent.
-- **No duplicate determinations after a crash.** What was published is read back from
-  `pain.determinations.v1` itself when a partition is assigned, not from state that a crash may
-  have left behind it; every restored patient is then re-decided, so a determination that was
-  decided but not yet published when a worker died is published by the next owner.
-- **Time passing.** Every `CLASSIFIER_REEVALUATE_SECONDS` all patients of the owned partitions
+  changes nothing, a conflicting one is refused). Refused records go to `pain.events.dlq.v1`
+  with their original key, value and headers plus headers naming the reason and where they came
+  from.
+- **Deciding** (`decisions`): a patient touched by a batch is dirty; dirty patients are decided
+  at once when the worker has caught up, in spaced passes during a backfill. A determination is
+  published, keyed by patient, on the partition of its input, only when its id differs from the
+  last one published for that patient. A patient whose decision raises is set aside
+  (quarantined): counted, logged without its id, dead-lettered, and every other patient goes on.
+- **Delivery** (`delivery`): after each batch, dead letters and determinations are acknowledged
+  by the broker (`acks=all`), with the ownership fence before determinations.
+- **State** (`changelog`, `store`): each owned partition's histories live in memory, in a local
+  RocksDB store, and in the changelog topic `painpath.classifier.changelog.v1`. A **checkpoint**
+  writes one changelog record per patient changed since the previous checkpoint (its whole
+  state), then a marker; once acknowledged, the local store is written and only then are the
+  input offsets the checkpoint covers committed. A checkpoint is taken when every dirty patient
+  is decided (at most every `CLASSIFIER_CHECKPOINT_SECONDS`), at least every
+  `CLASSIFIER_CHECKPOINT_MAX_SECONDS` during a backlog, when partitions are revoked and when the
+  worker stops.
+- **Restore** (`restore`): an assigned partition is rebuilt from its local store and the
+  changelog's tail past it (the whole changelog for a worker that never held it), then the
+  determinations published since the checkpoint; patients waiting for a decision at the
+  checkpoint are decided again, every patient when the policy changed.
+- **Time passing**: every `CLASSIFIER_REEVALUATE_SECONDS` all patients of the owned partitions
   are marked dirty: status changes at 90 and 365 days and when a trial reaches its minimum days.
-- **Quarantine.** Whatever bug may hide in a rule, deciding one patient never stops a worker: a
-  patient whose decision raises is set aside (counted, logged without its id or the exception's
-  message, and a dead letter listing the (source, id) of its events), and every other patient
-  goes on. It is not dirty, so its partition's offsets advance, and the time-passing
-  re-evaluation leaves it alone; it is decided again when a new event arrives for it, or when its
-  partition is restored (a restart, e.g. with a new policy, re-decides every patient).
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.partitioner import murmur2
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from services.classifier.determination import Status
+from services.classifier.changelog import (
+    MARKER_KEY,
+    Marker,
+    PatientState,
+    encode_state,
+    patient_records,
+)
+from services.classifier.decisions import (
+    CAUGHT_UP_RECORDS,
+    QUARANTINE,
+    QUARANTINE_FIELD,
+    YIELD_EVERY,
+    Decided,
+    Dirty,
+    PassCost,
+    decision_due,
+    quarantine_documents,
+    quarantine_reason,
+)
+from services.classifier.delivery import Delivery, offset_of
 from services.classifier.history import CONFLICT_REASON, Admission, PatientHistory
+from services.classifier.metrics import Metrics
+from services.classifier.partition import ParsedCache, PartitionState
 from services.classifier.policy import Policy
 from services.classifier.records import DecisionFailure, Rejection, read_record
+from services.classifier.restore import restore
 from services.classifier.rules import evaluate
+from services.classifier.store import LocalStore, Meta
 from shared import dead_letter, tracing
-from shared.contract import ContractViolation, parse_event
-from shared.kafka import client_options, end_offsets
+from shared.kafka import client_options
 from shared.logging import get_logger
 from shared.progress import Progress
 from shared.settings import Settings
 from shared.stack import Endpoints
-from shared.topics import CLASSIFIER_HISTORY, DETERMINATIONS, EVENTS, EVENTS_DLQ
+from shared.topics import CLASSIFIER_CHANGELOG, DETERMINATIONS, EVENTS, EVENTS_DLQ
 
 log = get_logger("painpath.classifier")
 
 GROUP = "painpath-classifier"
-YIELD_EVERY = 200  # patients decided between two yields to the event loop
-HISTORY_FORMAT = b"\x01"  # framing version of a history record
-HISTORY_CHUNK_BYTES = 512 * 1024  # history records stay well under the broker's message limit
-CAUGHT_UP_RECORDS = 1_000  # below this lag a worker decides at once: latency over batching
-DECISION_SHARE = 4  # during a backfill, wait 4x a pass's expected duration: a fifth deciding
-QUARANTINE = "quarantine"  # the dead-letter kind of a patient set aside
-QUARANTINE_FIELD = "(patient)"
 
-
-class Metrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.events = Counter(
-            "painpath_classifier_events",
-            "Input records, by outcome",
-            ["outcome"],
-            registry=self.registry,
-        )
-        self.dead_letters = Counter(
-            "painpath_classifier_dead_letters",
-            "Records sent to the dead-letter topic, by kind of reason",
-            ["kind"],
-            registry=self.registry,
-        )
-        self.determinations = Counter(
-            "painpath_classifier_determinations",
-            "Determinations published, by status",
-            ["status"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "painpath_classifier_processing_seconds",
-            "From the record's broker timestamp to its patient being decided",
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
-            registry=self.registry,
-        )
-        self.batch = Histogram(
-            "painpath_classifier_batch_records",
-            "Records per fetched batch",
-            buckets=(1, 10, 100, 500, 1_000, 2_500, 5_000, 10_000, 25_000),
-            registry=self.registry,
-        )
-        self.lag = Gauge(
-            "painpath_classifier_consumer_lag",
-            "Input records not yet processed, by partition of pain.events.v1",
-            ["partition"],
-            registry=self.registry,
-        )
-        self.reevaluations = Counter(
-            "painpath_classifier_reevaluated_patients",
-            "Patients re-decided because time passed",
-            registry=self.registry,
-        )
-        self.decided = Counter(
-            "painpath_classifier_decided_patients",
-            "Patients decided (a determination computed), published or not",
-            registry=self.registry,
-        )
-        self.dirty = Gauge(
-            "painpath_classifier_dirty_patients",
-            "Patients with admitted events whose determination is not decided and published yet",
-            registry=self.registry,
-        )
-        self.restores = Counter(
-            "painpath_classifier_restored_partitions",
-            "Partitions whose state was rebuilt from the history topic",
-            registry=self.registry,
-        )
-        self.restore_seconds = Histogram(
-            "painpath_classifier_restore_seconds",
-            "Time to rebuild the state of the partitions of one assignment (read at once)",
-            buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
-            registry=self.registry,
-        )
-        self.quarantined = Counter(
-            "painpath_classifier_quarantined_patients",
-            "Patients set aside because deciding them raised, by exception type (once per"
-            " failed decision: a new event retries, and may count again)",
-            ["error"],
-            registry=self.registry,
-        )
-        self.in_quarantine = Gauge(
-            "painpath_classifier_patients_in_quarantine",
-            "Patients of the owned partitions set aside now, until a new event or a restore",
-            registry=self.registry,
-        )
-        self.commit_failures = Counter(
-            "painpath_classifier_commit_failures",
-            "Offset commits refused (a rebalance took the partitions; the records are re-read)",
-            registry=self.registry,
-        )
-        for outcome in ("new", "duplicate", "dead_letter"):
-            self.events.labels(outcome)
-        for status in Status:
-            self.determinations.labels(status.value)
+__all__ = ["GROUP", "Classifier", "PartitionState", "partition_of"]
 
 
 def partition_of(key: bytes, partitions: int) -> int:
     """The partition Kafka's default partitioner gives a key (murmur2, as the Java client)."""
     return (murmur2(key) & 0x7FFFFFFF) % partitions
-
-
-def encode_history(texts: list[bytes]) -> bytes:
-    """One history record: the original bytes of admitted events, each with a 4-byte length."""
-    return HISTORY_FORMAT + b"".join(len(text).to_bytes(4, "big") + text for text in texts)
-
-
-def decode_history(value: bytes) -> Iterator[bytes]:
-    if value[:1] != HISTORY_FORMAT:
-        raise ValueError(f"unknown history record format {value[:1]!r}")
-    position = 1
-    while position < len(value):
-        length = int.from_bytes(value[position : position + 4], "big")
-        position += 4
-        yield value[position : position + length]
-        position += length
-
-
-def _chunks(texts: list[bytes], limit: int = HISTORY_CHUNK_BYTES) -> Iterator[list[bytes]]:
-    chunk, size = [], 0
-    for text in texts:
-        if chunk and size + len(text) > limit:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(text)
-        size += len(text) + 4
-    if chunk:
-        yield chunk
-
-
-def quarantine_reason(failure: DecisionFailure) -> str:
-    return (
-        f"{QUARANTINE_FIELD}: deciding raised {failure.error} in {failure.raised_in};"
-        " set aside until a new event or a new policy"
-    )
-
-
-def quarantine_documents(
-    keys: list[str],
-    failure: DecisionFailure,
-    policy: str,
-    as_of: datetime,
-    limit: int = HISTORY_CHUNK_BYTES,
-) -> list[bytes]:
-    """The dead letter of a patient set aside: a JSON document naming the (source, id) of the
-    events being decided (`keys`, the history's keys), in several parts (`part` of `parts`)
-    when they do not fit in about `limit` bytes, so the broker never refuses one."""
-    parts: list[list[dict[str, str]]] = [[]]
-    size = 0
-    for key in keys:
-        # A history's key is f"{source}\x1f{id}"; a URI reference has no control character.
-        source, _, event_id = key.partition("\x1f")
-        ref = {"source": source, "id": event_id}
-        length = len(json.dumps(ref)) + 2  # its bytes in the document (ASCII, escaped)
-        if parts[-1] and size + length > limit:
-            parts.append([])
-            size = 0
-        parts[-1].append(ref)
-        size += length
-    head = {
-        "kind": QUARANTINE,
-        "error": failure.error,
-        "raised_in": failure.raised_in,
-        "policy": policy,
-        "as_of": as_of.isoformat(),
-        "event_count": len(keys),
-        "parts": len(parts),
-    }
-    return [
-        json.dumps(head | {"part": number, "events": events}).encode()
-        for number, events in enumerate(parts, start=1)
-    ]
-
-
-@dataclass
-class Dirty:
-    partition: int
-    parent: str | bytes | None  # the trace context a determination continues (None: a new one)
-    timestamp_ms: int | None  # the newest record's broker timestamp, for the latency histogram
-
-
-@dataclass(frozen=True)
-class Decided:
-    """A determination to publish, serialised."""
-
-    key: bytes
-    partition: int
-    value: bytes
-    determination_id: str
-    status: str
-    parent: str | bytes | None
-
-
-class PassCost:
-    """What deciding costs, per event of the histories decided: learnt from each pass, so the
-    next pass's duration is known before it starts (a pass re-reads whole histories, which grow
-    during a backfill, so the last pass's duration under-estimates the next one's)."""
-
-    PRIOR = 20e-6  # seconds per event before any pass was measured (measured: 12-17 us)
-    MIN_EVENTS = 1_000  # a smaller pass is too noisy to learn from
-
-    def __init__(self) -> None:
-        self.seconds_per_event = self.PRIOR
-
-    def expected(self, events: int) -> float:
-        return events * self.seconds_per_event
-
-    def observe(self, events: int, seconds: float) -> None:
-        if events >= self.MIN_EVENTS:
-            self.seconds_per_event = (self.seconds_per_event + seconds / events) / 2
-
-
-def decision_due(waited: float, delay: float, expected_pass_seconds: float) -> bool:
-    """During a backfill: decide once the dirty patients have waited `delay`, and at least
-    DECISION_SHARE times what their pass will take, so deciding takes at most a fifth of the
-    time and the rest goes to reading the backlog."""
-    return waited >= max(delay, DECISION_SHARE * expected_pass_seconds)
-
-
-@dataclass
-class PartitionState:
-    patients: dict[bytes, PatientHistory] = field(default_factory=dict)
-    next_offset: int | None = None  # the input offset after the last one processed
-    committed: int | None = None  # the last offset committed for the group
-    # Patients whose decision raised: not decided again until a new event or a restore.
-    quarantined: set[bytes] = field(default_factory=set)
-
-
-class ParsedCache:
-    """Which histories keep their parsed events (the rest keep only their texts): bounded memory."""
-
-    def __init__(self, size: int):
-        self._size = size
-        self._order: OrderedDict[int, PatientHistory] = OrderedDict()
-
-    def touch(self, history: PatientHistory) -> None:
-        self._order[id(history)] = history
-        self._order.move_to_end(id(history))
-        while len(self._order) > self._size:
-            _, evicted = self._order.popitem(last=False)
-            evicted.forget_parsed()
-
-    def clear(self) -> None:
-        self._order.clear()
 
 
 class Classifier:
@@ -338,7 +116,10 @@ class Classifier:
         self.events_topic = EVENTS.full_name(prefix)
         self.dlq_topic = EVENTS_DLQ.full_name(prefix)
         self.determinations_topic = DETERMINATIONS.full_name(prefix)
-        self.history_topic = CLASSIFIER_HISTORY.full_name(prefix)
+        self.changelog_topic = CLASSIFIER_CHANGELOG.full_name(prefix)
+        self.state_dir = settings.classifier_state_dir or (
+            settings.painpath_state_dir / "classifier-state"
+        )
         self.progress = Progress(settings.progress_watchdog_seconds)
         self.owned: dict[int, PartitionState] = {}
         self.dirty: dict[bytes, Dirty] = {}
@@ -348,10 +129,18 @@ class Classifier:
         self.restoring = False
         self.parsed = ParsedCache(settings.classifier_cache_patients)
         self._lock = asyncio.Lock()
-        self._pending: list[asyncio.Future] = []
+        self.delivery = Delivery(self.metrics.commit_failures)
+        self._last_checkpoint = time.monotonic()
         self._stopping = False
         self.consumer: AIOKafkaConsumer | None = None
-        self.producer: AIOKafkaProducer | None = None
+
+    @property
+    def producer(self) -> AIOKafkaProducer | None:
+        return self.delivery.producer
+
+    @producer.setter
+    def producer(self, producer) -> None:
+        self.delivery.producer = producer
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -378,36 +167,50 @@ class Classifier:
             fetch_max_wait_ms=self.settings.classifier_fetch_wait_ms,
             max_partition_fetch_bytes=4 * 1024 * 1024,
         )
+        self.delivery.consumer = self.consumer
         await self.consumer.start()
         await self._check_co_partitioning()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
         self.consumer.subscribe([self.events_topic], listener=_Rebalance(self))
 
     async def _check_co_partitioning(self) -> None:
         await self.consumer.topics()  # fetches the cluster's metadata
         counts = {
             topic: len(self.consumer.partitions_for_topic(topic) or ())
-            for topic in (self.events_topic, self.determinations_topic, self.history_topic)
+            for topic in (self.events_topic, self.determinations_topic, self.changelog_topic)
         }
         if len(set(counts.values())) != 1:
             raise RuntimeError(
-                f"input, determinations and history topics must have the same partition count,"
+                f"input, determinations and changelog topics must have the same partition count,"
                 f" found {counts}: run `painpath topics create`"
             )
 
     def request_stop(self) -> None:
-        """Take no new batch; `run` returns once the batch in hand is committed."""
+        """Take no new batch; `run` returns once the batch in hand is delivered."""
         self._stopping = True
 
     async def close(self) -> None:
-        """Leave the group (the partitions move at once) and close the clients."""
+        """Checkpoint and commit what was processed, leave the group (the partitions move at
+        once), close the clients and the local stores."""
         self._stopping = True
+        async with self._lock:
+            if self.owned and self.consumer is not None and self.producer is not None:
+                try:
+                    await self._checkpoint()
+                    await self.delivery.commit(self._offsets(decided_only=False))
+                except Exception:  # the broker is gone: the next owner reads the changelog
+                    log.warning("final_checkpoint_failed", exc_info=True)
         if self.consumer is not None:
             await self.consumer.stop()
         if self.producer is not None:
             await self.producer.stop()
+        for state in self.owned.values():
+            if state.store is not None:
+                state.store.close()
 
     async def run(self) -> None:
-        """Consume until stopped. Each loop: fetch, admit, maybe decide, flush, commit."""
+        """Consume until stopped. Each loop: fetch, admit, maybe decide, deliver, maybe
+        checkpoint and commit."""
         reevaluate_at = time.monotonic() + self.settings.classifier_reevaluate_seconds
         max_batch = self.settings.classifier_max_batch
         while not self._stopping:
@@ -438,10 +241,10 @@ class Classifier:
                     gc.freeze()
                 decided = await self._decide_dirty() if self._should_decide() else []
                 self.metrics.dirty.set(len(self.dirty) + len(decided))
-                await self._deliver(decided)
+                delivered = await self._deliver(decided)
+                if delivered and self._checkpoint_due() and await self._checkpoint():
+                    await self._commit(self._offsets(decided_only=True))
                 self.metrics.dirty.set(len(self.dirty))
-
-    # -- consuming -----------------------------------------------------------------------------
 
     def _consume(self, batches: dict[TopicPartition, list]) -> None:
         count, duplicates = 0, 0
@@ -449,26 +252,18 @@ class Classifier:
             state = self.owned.get(tp.partition)
             if state is None or not records:
                 continue  # revoked while fetched: the next owner reads them
-            admitted: list[bytes] = []
-            first = records[0].offset
+            admitted = 0
             for record in records:
                 admission = self._admit(state, tp.partition, record)
                 if admission is Admission.NEW:
-                    admitted.append(record.value)
+                    admitted += 1
                 elif admission is Admission.DUPLICATE:
                     duplicates += 1
             count += len(records)
             last = records[-1].offset
             state.next_offset = last + 1
             self.progress.processed(tp.partition, last)
-            for chunk in _chunks(admitted):
-                self._send(
-                    self.history_topic,
-                    encode_history(chunk),
-                    key=f"{first}-{last}".encode(),
-                    partition=tp.partition,
-                )
-            self._counted_new.inc(len(admitted))
+            self._counted_new.inc(admitted)
         self._counted_duplicate.inc(duplicates)
         self.metrics.batch.observe(count)
         self.metrics.dirty.set(len(self.dirty))
@@ -482,12 +277,15 @@ class Classifier:
         event, text = read
         history = state.patients.get(record.key)
         if history is None:
-            history = state.patients[record.key] = PatientHistory()
+            history = state.patients[record.key] = PatientHistory(
+                published=state.published_before.pop(record.key, None)
+            )
         admission = history.admit(event, text)
         if admission is Admission.CONFLICT:
             self._dead_letter(record, Rejection(f"id: {CONFLICT_REASON}", "id", "conflict"))
             return None
         if admission is Admission.NEW:
+            state.changed.add(record.key)
             if state.quarantined and record.key in state.quarantined:
                 state.quarantined.discard(record.key)  # a new event: decided again
                 self.metrics.in_quarantine.set(self.quarantined_count())
@@ -506,7 +304,9 @@ class Classifier:
     def _mark_all_dirty(self) -> None:
         traceparent = tracing.continue_trace(None)  # time passing is a cause of its own
         marked = 0
+        now = datetime.now(UTC)
         for partition, state in self.owned.items():
+            state.reevaluated_at = now
             for key in state.patients:
                 # A patient set aside waits for a new event: its decision would raise again.
                 if key not in self.dirty and key not in state.quarantined:
@@ -644,6 +444,7 @@ class Classifier:
         failure = DecisionFailure.of(error)
         state.quarantined.add(key)
         history.forget_parsed()  # parsed again if ever decided again; the cache never saw them
+        state.changed.add(key)  # set aside: a restore decides it again
         self.metrics.quarantined.labels(failure.error).inc()
         self.metrics.in_quarantine.set(self.quarantined_count())
         headers = [
@@ -677,101 +478,165 @@ class Classifier:
 
     # -- delivering ----------------------------------------------------------------------------
 
-    def _send(self, topic: str, value: bytes, *, key, partition=None, headers=None) -> None:
-        """Queue a send; `_flush` waits for its acknowledgement."""
-        self._pending.append(
-            asyncio.ensure_future(
-                self.producer.send(topic, value, key=key, partition=partition, headers=headers)
-            )
-        )
+    def _send(self, topic: str, value: bytes, *, key, partition=None, headers=None):
+        return self.delivery.send(topic, value, key=key, partition=partition, headers=headers)
 
     async def _flush(self) -> None:
-        """Wait until the broker acknowledged every queued send (acks=all)."""
-        if self._pending:
-            pending, self._pending = self._pending, []
-            deliveries = await asyncio.gather(*pending)  # queued in the producer's buffer
-            await asyncio.gather(*deliveries)  # acknowledged by the broker
+        await self.delivery.flush()
+
+    def _fence(self) -> dict[TopicPartition, int]:
+        return {
+            TopicPartition(self.events_topic, partition): state.committed or 0
+            for partition, state in self.owned.items()
+        }
 
     def _offsets(self, *, decided_only: bool) -> dict[TopicPartition, int]:
-        """The processed offsets not committed yet; with `decided_only`, only of partitions none
-        of whose patients waits for a decision, so that a committed offset (the group's lag,
-        which autoscaling and "settled" read) means decided and published."""
+        """The checkpointed offsets not committed yet; with `decided_only`, only of partitions
+        none of whose patients waits for a decision, so that a committed offset (the group's
+        lag, which autoscaling and "settled" read) means decided and published."""
         waiting = {mark.partition for mark in self.dirty.values()} if decided_only else set()
         return {
-            TopicPartition(self.events_topic, partition): state.next_offset
+            TopicPartition(self.events_topic, partition): state.checkpointed
             for partition, state in self.owned.items()
-            if state.next_offset is not None
-            and state.next_offset != state.committed
+            if state.checkpointed is not None
+            and state.checkpointed != state.committed
             and partition not in waiting
         }
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> bool:
         """Commit `offsets`; False when the group took the partitions meanwhile."""
-        if not offsets:
-            return True
-        try:
-            await self.consumer.commit(offsets)
-        except (CommitFailedError, KafkaError):
-            # A rebalance took the partitions: what was not committed is read again by their
-            # next owner, and admitting it again changes nothing.
-            self.metrics.commit_failures.inc()
-            log.warning("commit_failed", partitions=len(offsets))
+        if not await self.delivery.commit(offsets):
             return False
         for tp, offset in offsets.items():
             self.owned[tp.partition].committed = offset
         return True
 
-    async def _deliver(self, decided: list[Decided]) -> None:
-        """History and dead letters acknowledged, ownership checked, determinations published
-        and acknowledged, then the offsets of what is decided committed.
+    async def _deliver(self, decided: list[Decided]) -> bool:
+        """Dead letters acknowledged, ownership checked, determinations published and
+        acknowledged. False when the fence failed (the partitions are someone else's now: the
+        next owner re-decides these patients, and this worker writes nothing more).
 
-        The ownership check commits the offsets already committed again: it fails for a worker
-        that lost its partitions without knowing it (paused past its session timeout), which
-        then publishes nothing, so it cannot repeat what the partitions' new owner, which
-        re-decides every patient it restores, has published meanwhile. A crash at any point
-        loses no determination for the same reason.
+        A crash at any point loses no determination: what was not checkpointed is re-delivered,
+        and what was published but not checkpointed is read back by the next restore.
         """
         await self._flush()
-        if decided:
-            fence = {
-                TopicPartition(self.events_topic, partition): state.committed or 0
-                for partition, state in self.owned.items()
-            }
-            if not await self._commit(fence):
-                return  # the next owner re-decides these patients
-            for item in decided:
-                traceparent = tracing.continue_trace(item.parent)
-                self._send(
-                    self.determinations_topic,
-                    item.value,
-                    key=item.key,
-                    partition=item.partition,
-                    headers=[
-                        ("content-type", b"application/json"),
-                        (tracing.TRACEPARENT, traceparent.encode()),
-                    ],
+        if not decided:
+            return True
+        if not await self._commit(self._fence()):
+            return False
+        sent = {}
+        for item in decided:
+            traceparent = tracing.continue_trace(item.parent)
+            sent[item.partition] = self._send(
+                self.determinations_topic,
+                item.value,
+                key=item.key,
+                partition=item.partition,
+                headers=[
+                    ("content-type", b"application/json"),
+                    (tracing.TRACEPARENT, traceparent.encode()),
+                ],
+            )
+            state = self.owned[item.partition]
+            state.patients[item.key].published = item.determination_id
+            state.changed.add(item.key)
+            self.metrics.determinations.labels(item.status).inc()
+            log.debug(
+                "determination_published",
+                status=item.status,
+                trace_id=tracing.trace_id_of(traceparent),
+            )
+        await self._flush()
+        for partition, last in sent.items():
+            self.owned[partition].determinations_offset = offset_of(last) + 1
+        return True
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def _checkpoint_due(self) -> bool:
+        if not any(
+            state.changed or state.checkpointed != state.next_offset
+            for state in self.owned.values()
+        ):
+            return False
+        since = time.monotonic() - self._last_checkpoint
+        if since >= self.settings.classifier_checkpoint_max_seconds:
+            return True
+        return not self.dirty and since >= self.settings.classifier_checkpoint_seconds
+
+    async def _checkpoint(self) -> bool:
+        """For each owned partition with changes: one changelog record per changed patient and
+        a marker, acknowledged; then the local store; then (the caller) the offsets committed.
+        False when the fence failed: nothing was written."""
+        started = time.monotonic()
+        self._last_checkpoint = started
+        pending = {
+            partition: state
+            for partition, state in self.owned.items()
+            if state.changed or state.checkpointed != state.next_offset
+        }
+        if not pending:
+            return True
+        if not await self._commit(self._fence()):
+            return False
+        written = {}
+        records = 0
+        for partition, state in pending.items():
+            state.sequence += 1
+            documents = {}
+            for key in state.changed:
+                history = state.patients.get(key)
+                if history is None:
+                    continue
+                document = encode_state(
+                    PatientState(
+                        history.raw,
+                        history.published,
+                        dirty=key in self.dirty,
+                        quarantined=key in state.quarantined,
+                    )
                 )
-                self.owned[item.partition].patients[item.key].published = item.determination_id
-                self.metrics.determinations.labels(item.status).inc()
-                log.debug(
-                    "determination_published",
-                    status=item.status,
-                    trace_id=tracing.trace_id_of(traceparent),
-                )
-            await self._flush()
-        await self._commit(self._offsets(decided_only=True))
+                documents[key] = document
+                for record_key, value in patient_records(key, document, state.sequence):
+                    self._send(self.changelog_topic, value, key=record_key, partition=partition)
+                    records += 1
+            marker = Marker(
+                checkpoint_id=uuid.uuid4().hex,
+                sequence=state.sequence,
+                input_offset=state.next_offset,
+                determinations_offset=state.determinations_offset,
+                policy=self.policy.id,
+                reevaluated_at=state.reevaluated_at,
+            )
+            queued = self._send(
+                self.changelog_topic, marker.encode(), key=MARKER_KEY, partition=partition
+            )
+            written[partition] = (queued, marker, documents)
+            state.changed = set()
+        await self._flush()
+        for partition, (queued, marker, documents) in written.items():
+            state = self.owned[partition]
+            if state.store is not None:
+                state.store.write(documents, Meta(marker, offset_of(queued) + 1))
+            state.checkpointed = marker.input_offset
+        self.metrics.checkpoints.inc()
+        self.metrics.changelog_records.inc(records + len(written))
+        self.metrics.checkpoint_seconds.observe(time.monotonic() - started)
+        return True
 
     # -- rebalancing ---------------------------------------------------------------------------
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         async with self._lock:  # the batch in hand is finished first
-            if not self._stopping:
-                # What was processed, decided or not: the next owner re-decides every patient.
+            # Waiting patients are in the checkpoint: the next owner decides them.
+            if not self._stopping and await self._checkpoint():
                 await self._commit(self._offsets(decided_only=False))
             for tp in revoked:
                 if tp.topic == self.events_topic:
-                    self.owned.pop(tp.partition, None)
-            # Undecided patients of revoked partitions: their next owner re-decides them all.
+                    state = self.owned.pop(tp.partition, None)
+                    if state is not None and state.store is not None:
+                        state.store.close()
+            # Undecided patients of revoked partitions: their next owner decides them.
             self.dirty = {
                 key: mark for key, mark in self.dirty.items() if mark.partition in self.owned
             }
@@ -780,9 +645,9 @@ class Classifier:
             self.metrics.in_quarantine.set(self.quarantined_count())
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
-        """Every assigned partition's state is rebuilt, even one this worker had before: another
-        worker may have owned it in between (a worker paused past its session timeout does not
-        know it was replaced)."""
+        """Every assigned partition's state is restored, from its local store and the
+        changelog's tail: another worker may have owned it in between (a worker paused past
+        its session timeout does not know it was replaced)."""
         async with self._lock:
             self.restoring = True
             try:
@@ -797,18 +662,13 @@ class Classifier:
                 self.restoring = False
 
     async def _restore(self, committed: dict[int, int | None]) -> dict[int, PartitionState]:
-        """Rebuild the partitions' histories from the history topic and what was published
-        from the determinations topic; every patient is then re-decided (dirty). All the
-        partitions are read at once, by one reader."""
         started = time.monotonic()
-        states = {
-            partition: PartitionState(next_offset=offset, committed=offset)
-            for partition, offset in committed.items()
+        stores = {
+            partition: LocalStore.open(self.state_dir, self.events_topic, partition)
+            for partition in committed
         }
-        events = dict.fromkeys(states, 0)
-        published = dict.fromkeys(states, 0)
-        # "earliest": should the history's first records ever be gone (retention changed by
-        # hand), read from the first one kept, never silently from the end.
+        # "earliest": should a topic's first records ever be gone (compaction, retention
+        # changed by hand), read from the first one kept, never silently from the end.
         reader = AIOKafkaConsumer(
             **self._options(),
             enable_auto_commit=False,
@@ -817,47 +677,58 @@ class Classifier:
         )
         await reader.start()
         try:
-            async for partition, _, value in _read_partitions(reader, self.history_topic, states):
-                state = states[partition]
-                for text in decode_history(value):
-                    try:
-                        decoded = text.decode("utf-8")
-                        event = parse_event(decoded)
-                    except (UnicodeDecodeError, ContractViolation):
-                        # Admitted once, so only a contract change can make it unreadable now.
-                        log.error("history_event_unreadable", partition=partition)
-                        continue
-                    key = event.patient_id.encode()
-                    history = state.patients.get(key)
-                    if history is None:
-                        history = state.patients[key] = PatientHistory()
-                    history.admit(event, decoded)
-                    events[partition] += 1
-                gc.freeze()  # as after a batch: the collector must not walk the growing state
-            async for partition, key, value in _read_partitions(
-                reader, self.determinations_topic, states
-            ):
-                history = states[partition].patients.get(key)
-                if history is not None:
-                    history.published = json.loads(value)["determination_id"]
-                    published[partition] += 1
+            restored = await restore(
+                reader,
+                changelog_topic=self.changelog_topic,
+                determinations_topic=self.determinations_topic,
+                committed=committed,
+                stores=stores,
+                policy=self.policy.id,
+                now=datetime.now(UTC),
+                reevaluate_seconds=self.settings.classifier_reevaluate_seconds,
+            )
+        except BaseException:
+            for store in stores.values():
+                store.close()
+            raise
         finally:
             await reader.stop()
         traceparent = tracing.continue_trace(None)
-        for partition, state in states.items():
-            for key in state.patients:
+        states = {}
+        now = datetime.now(UTC)
+        for partition, result in restored.items():
+            offset = committed[partition]
+            state = states[partition] = PartitionState(
+                patients=result.patients,
+                next_offset=0 if result.replay else offset,
+                committed=offset,
+                store=stores[partition],
+                sequence=result.marker.sequence if result.marker else 0,
+                determinations_offset=result.determinations_offset,
+                checkpointed=None if result.replay else offset,
+                reevaluated_at=now if result.reevaluate_all else result.marker.reevaluated_at,
+                published_before=result.published,
+            )
+            if result.replay:
+                self.consumer.seek(TopicPartition(self.events_topic, partition), 0)
+                self.metrics.replays.inc()
+                log.warning("partition_replayed_from_start", partition=partition)
+            for key in result.dirty:
                 self._mark_dirty(key, partition, traceparent, None)
-        seconds = time.monotonic() - started
-        self.metrics.restores.inc(len(states))
-        self.metrics.restore_seconds.observe(seconds)
-        for partition, state in states.items():
+            state.changed |= result.flagged  # decided, they are written again without the flag
+            for source, count in result.counts.items():
+                self.metrics.restored_records.labels(source).inc(count)
             log.info(
                 "partition_restored",
                 partition=partition,
                 patients=len(state.patients),
-                events=events[partition],
-                determinations=published[partition],
+                dirty=len(result.dirty),
+                replay=result.replay,
+                **{f"{source}_records": count for source, count in result.counts.items()},
             )
+        seconds = time.monotonic() - started
+        self.metrics.restores.inc(len(states))
+        self.metrics.restore_seconds.observe(seconds)
         log.info("restored", partitions=len(states), seconds=round(seconds, 3))
         return states
 
@@ -879,25 +750,6 @@ class Classifier:
                 "quarantined_patients": self.quarantined_count(),
             },
         }
-
-
-async def _read_partitions(reader: AIOKafkaConsumer, topic: str, partitions):
-    """(partition, key, value) of every record of `topic`'s `partitions`, each partition from
-    its start to its end at the time of the call, in order within a partition. `reader` is a
-    consumer outside any group; its assignment is replaced."""
-    tps = [TopicPartition(topic, partition) for partition in partitions]
-    end = await end_offsets(reader, tps)
-    for tp in tps:
-        reader.seek(tp, 0)
-    reading = [tp for tp in tps if end[tp] > 0]
-    while reading:
-        batches = await reader.getmany(*reading, timeout_ms=500, max_records=10_000)
-        for tp, records in batches.items():
-            for record in records:
-                if record.offset >= end[tp]:
-                    break
-                yield tp.partition, record.key, record.value
-        reading = [tp for tp in reading if await reader.position(tp) < end[tp]]
 
 
 class _Rebalance(ConsumerRebalanceListener):

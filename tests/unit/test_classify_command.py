@@ -43,16 +43,6 @@ def test_a_history_that_forgot_its_parsed_events_parses_them_again():
     assert [event.id for event in history.events] == ["e0", "e1", "e2", "e3"]
 
 
-def test_the_history_topic_framing_keeps_each_events_bytes():
-    from services.classifier.stream import _chunks, decode_history, encode_history
-
-    texts = [b'{"a": 1}', '{\n  "b": "\u00e9"\n}'.encode(), b"x" * 300_000, b"{}"]
-    chunks = list(_chunks(texts, limit=200_000))
-
-    assert [len(chunk) for chunk in chunks] == [2, 1, 1]  # a big event alone
-    assert [text for chunk in chunks for text in decode_history(encode_history(chunk))] == texts
-
-
 def test_the_file_reader_names_refused_lines_and_keeps_the_first_of_an_id():
     lines = [line(id="e1", score=5), "{oops", line(id="e1", score=9), "", line(id="e2", score=11)]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.classifier.stream import DECISION_SHARE, PassCost, decision_due
+from services.classifier.decisions import DECISION_SHARE, PassCost, decision_due
 
 
 def test_nothing_is_decided_before_the_delay():

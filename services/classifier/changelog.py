@@ -1,0 +1,177 @@
+"""The classifier's changelog records: one per changed patient per checkpoint, and a marker.
+
+The changelog topic (`painpath.classifier.changelog.v1`, co-partitioned with the input) is
+keyed by patient: each checkpoint writes, for every patient whose state changed since the
+previous one, the patient's whole state (its admitted events' original texts in admission order,
+the determination last published, whether it waits for a decision or is set aside), then one
+marker record saying what the checkpoint covers (the input offset, the determinations' offset,
+the policy, the last re-evaluation). So the latest record of each key is the state: a compacted
+topic (`cleanup.policy=compact` on a real cluster) keeps one record per patient, and a new owner
+of the partition reads that. Correctness never depends on compaction (the local broker has
+none): a reader keeps the latest record per key.
+
+A patient's state is compressed (zlib, level 1: JSON compresses about fivefold, at a few hundred
+MB/s); one too big for a broker message is split into parts written before its head record, all
+tagged with the checkpoint's sequence number, so that a reader only ever assembles parts of one
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+FORMAT = 2  # 1 was the history topic's framing of batches (until issue 12)
+MARKER_KEY = b"\x00checkpoint"  # a patient id has no control character (the contract's pattern)
+PART_SEPARATOR = b"\x00"  # a part's key: the patient's key, this byte, the part's number
+PART_BYTES = 768 * 1024  # a record's value stays well under the broker's message limit
+
+_DIRTY = 1
+_QUARANTINED = 2
+_HEAD = b"H"
+_PART = b"P"
+
+
+class ChangelogError(ValueError):
+    """A changelog record this code cannot read (another format, or parts that do not match)."""
+
+
+@dataclass(frozen=True)
+class PatientState:
+    """What the changelog and the local store keep of one patient."""
+
+    events: dict[str, str]  # the history's (source, id) key -> original JSON text, in order
+    published: str | None  # the determination id last published
+    dirty: bool  # admitted events not decided yet
+    quarantined: bool  # deciding raised: set aside until a new event or a restore
+
+
+def encode_state(state: PatientState) -> bytes:
+    """A patient's state as one compressed document (the local store's value)."""
+    parts = []
+    for key, text in state.events.items():
+        key_bytes, text_bytes = key.encode(), text.encode()
+        parts += (len(key_bytes).to_bytes(2, "big"), key_bytes)
+        parts += (len(text_bytes).to_bytes(4, "big"), text_bytes)
+    flags = (_DIRTY if state.dirty else 0) | (_QUARANTINED if state.quarantined else 0)
+    published = (state.published or "").encode()
+    head = bytes((FORMAT, flags, len(published))) + published
+    return head + zlib.compress(b"".join(parts), 1)
+
+
+def decode_state(document: bytes) -> PatientState:
+    if len(document) < 3 or document[0] != FORMAT:
+        raise ChangelogError("unknown patient state format")
+    flags, length = document[1], document[2]
+    published = document[3 : 3 + length].decode() or None
+    body = zlib.decompress(document[3 + length :])
+    events: dict[str, str] = {}
+    position, end = 0, len(body)
+    while position < end:
+        key_length = int.from_bytes(body[position : position + 2], "big")
+        key = body[position + 2 : position + 2 + key_length].decode()
+        position += 2 + key_length
+        text_length = int.from_bytes(body[position : position + 4], "big")
+        events[key] = body[position + 4 : position + 4 + text_length].decode()
+        position += 4 + text_length
+    return PatientState(events, published, bool(flags & _DIRTY), bool(flags & _QUARANTINED))
+
+
+def patient_records(
+    key: bytes, document: bytes, sequence: int, limit: int = PART_BYTES
+) -> list[tuple[bytes, bytes]]:
+    """The (key, value) records of one patient's state at checkpoint `sequence`: its parts
+    first (when the document is bigger than `limit`), its head record last."""
+    slices = [document[start : start + limit] for start in range(0, len(document), limit)] or [b""]
+    tag = sequence.to_bytes(8, "big")
+    records = [
+        (key + PART_SEPARATOR + str(number).encode(), _PART + tag + piece)
+        for number, piece in enumerate(slices[1:], start=1)
+    ]
+    head = _HEAD + tag + len(slices).to_bytes(4, "big") + slices[0]
+    return [*records, (key, head)]
+
+
+@dataclass(frozen=True)
+class Marker:
+    """What a checkpoint covers, per partition: written after its patients' records."""
+
+    checkpoint_id: str  # unique: a local store checks that the changelog is the one it saw
+    sequence: int  # increasing per partition (parts are matched to heads by it)
+    input_offset: int | None  # the input offset after the last record the state reflects
+    determinations_offset: int  # the determinations' offset after the last one published
+    policy: str
+    reevaluated_at: datetime | None  # when every patient was last re-decided for time passing
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {
+                "format": FORMAT,
+                "checkpoint_id": self.checkpoint_id,
+                "sequence": self.sequence,
+                "input_offset": self.input_offset,
+                "determinations_offset": self.determinations_offset,
+                "policy": self.policy,
+                "reevaluated_at": self.reevaluated_at.isoformat() if self.reevaluated_at else None,
+            }
+        ).encode()
+
+    @classmethod
+    def decode(cls, value: bytes) -> Marker:
+        try:
+            body = json.loads(value)
+            if body["format"] != FORMAT:
+                raise ChangelogError("unknown checkpoint marker format")
+            at = body["reevaluated_at"]
+            return cls(
+                body["checkpoint_id"],
+                body["sequence"],
+                body["input_offset"],
+                body["determinations_offset"],
+                body["policy"],
+                datetime.fromisoformat(at) if at else None,
+            )
+        except (ValueError, KeyError, TypeError) as error:
+            raise ChangelogError("unreadable checkpoint marker") from error
+
+
+class ChangelogReader:
+    """Folds a partition's changelog records, in offset order, into the latest state per patient
+    and the latest marker. Documents are kept as bytes: decoded only once, at the end."""
+
+    def __init__(self) -> None:
+        self.documents: dict[bytes, bytes] = {}
+        self.marker: Marker | None = None
+        self.marker_offset: int | None = None  # the offset of the latest marker
+        self.records = 0
+        self.inconsistent = 0  # heads whose parts were missing (only possible after compaction)
+        self._parts: dict[tuple[bytes, int, bytes], bytes] = {}
+
+    def add(self, offset: int, key: bytes, value: bytes) -> None:
+        self.records += 1
+        if key == MARKER_KEY:
+            self.marker, self.marker_offset = Marker.decode(value), offset
+            return
+        kind, tag, rest = value[:1], value[1:9], value[9:]
+        if kind == _PART:
+            base, _, number = key.rpartition(PART_SEPARATOR)
+            self._parts[(base, int(number), tag)] = rest
+        elif kind == _HEAD:
+            count = int.from_bytes(rest[:4], "big")
+            pieces = [rest[4:]]
+            for number in range(1, count):
+                piece = self._parts.pop((key, number, tag), None)
+                if piece is None:
+                    self.inconsistent += 1
+                    return
+                pieces.append(piece)
+            self.documents[key] = b"".join(pieces)
+        else:
+            raise ChangelogError("unknown changelog record kind")
+
+    def states(self) -> Iterator[tuple[bytes, PatientState]]:
+        for key, document in self.documents.items():
+            yield key, decode_state(document)

@@ -1,0 +1,191 @@
+"""Rebuilding an assigned partition's state: local store, changelog tail, determinations tail.
+
+For each partition, all read at once by one reader outside the group:
+
+1. **The local store** (`store.LocalStore`), if it has a checkpoint: its patients, and the
+   changelog offset after its marker. The changelog's record just before that offset must be
+   that very marker (its `checkpoint_id`): otherwise the store belongs to another changelog (a
+   rebuilt broker, a re-created topic) and is cleared.
+2. **The changelog** from there to its end (the fetch's high-water mark: the local broker's
+   ListOffsets is short, see `shared.kafka.end_offsets`): the whole changelog for a worker
+   that never held the partition, usually nothing for one that restarts. The latest record of
+   each patient wins. What was read is written to the local store.
+3. **The determinations** published after the last checkpoint (from its marker's offset): what
+   a worker published and then died before checkpointing is known, so it is not published again.
+4. **Who is decided again**: the patients that waited for a decision or were set aside at the
+   checkpoint; every patient when the policy changed or the last re-evaluation for time passing
+   is older than `CLASSIFIER_REEVALUATE_SECONDS`.
+
+When a partition has no checkpoint at all while the group has committed input offsets for it
+(the changelog was lost, or the state was kept in an older format), its state cannot be known:
+the input partition is replayed from its first offset (admission is idempotent, and what was
+published is read back, so nothing is published twice).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from services.classifier.changelog import ChangelogError, ChangelogReader, Marker, decode_state
+from services.classifier.history import PatientHistory
+from services.classifier.store import LocalStore, Meta
+from shared.kafka import end_offsets
+from shared.logging import get_logger
+
+log = get_logger("painpath.classifier.restore")
+
+
+@dataclass
+class Restored:
+    """One partition's state as rebuilt."""
+
+    patients: dict[bytes, PatientHistory] = field(default_factory=dict)
+    dirty: set[bytes] = field(default_factory=set)  # to decide again
+    flagged: set[bytes] = field(default_factory=set)  # waiting or set aside at the checkpoint
+    marker: Marker | None = None  # the last checkpoint's
+    determinations_offset: int = 0  # after the last determination published
+    replay: bool = False  # no checkpoint, yet offsets committed: read the input from 0
+    # What was published for patients not restored (a replay): applied when they are admitted.
+    published: dict[bytes, str] = field(default_factory=dict)
+    reevaluate_all: bool = False
+    counts: dict[str, int] = field(default_factory=dict)  # records read, by source
+
+
+async def read_partitions(
+    reader: AIOKafkaConsumer, topic: str, starts: dict[int, int]
+) -> AsyncIterator[tuple[int, int, bytes, bytes]]:
+    """(partition, offset, key, value) of `topic`'s records from each partition's start offset to
+    its end at the time of the call (the fetch's high-water mark), in order within a partition.
+    `reader` is outside any group; its assignment is replaced."""
+    tps = {TopicPartition(topic, partition): start for partition, start in starts.items()}
+    end = await end_offsets(reader, list(tps))
+    reading = []
+    for tp, start in tps.items():
+        if start < end[tp]:
+            reader.seek(tp, start)
+            reading.append(tp)
+    while reading:
+        batches = await reader.getmany(*reading, timeout_ms=500, max_records=10_000)
+        for tp, records in batches.items():
+            for record in records:
+                if record.offset >= end[tp]:
+                    break
+                yield tp.partition, record.offset, record.key, record.value
+        reading = [tp for tp in reading if await reader.position(tp) < end[tp]]
+
+
+async def restore(
+    reader: AIOKafkaConsumer,
+    *,
+    changelog_topic: str,
+    determinations_topic: str,
+    committed: dict[int, int | None],
+    stores: dict[int, LocalStore],
+    policy: str,
+    now: datetime,
+    reevaluate_seconds: float,
+) -> dict[int, Restored]:
+    """Each partition of `committed` (its group offset) rebuilt; see the module's docstring."""
+    metas: dict[int, Meta | None] = {p: stores[p].meta() for p in committed}
+    tails = await _read_changelog(reader, changelog_topic, metas)
+    stale = [p for p, tail in tails.items() if tail is None]
+    for partition in stale:
+        log.warning("local_store_not_of_this_changelog", partition=partition)
+        stores[partition].clear()
+        metas[partition] = None
+    if stale:
+        tails |= await _read_changelog(reader, changelog_topic, dict.fromkeys(stale))
+    results: dict[int, Restored] = {}
+    for partition, tail in tails.items():
+        assert tail is not None  # a store without a checkpoint cannot be stale
+        results[partition] = _rebuild(
+            stores[partition], metas[partition], tail, committed[partition]
+        )
+    starts = {p: r.determinations_offset for p, r in results.items()}
+    async for partition, offset, key, value in read_partitions(
+        reader, determinations_topic, starts
+    ):
+        restored = results[partition]
+        restored.determinations_offset = offset + 1
+        restored.counts["determinations"] = restored.counts.get("determinations", 0) + 1
+        determination_id = json.loads(value)["determination_id"]
+        history = restored.patients.get(key)
+        if history is not None:
+            history.published = determination_id
+        else:
+            restored.published[key] = determination_id
+    for restored in results.values():
+        marker = restored.marker
+        restored.reevaluate_all = (
+            marker is None
+            or marker.policy != policy
+            or marker.reevaluated_at is None
+            or (now - marker.reevaluated_at).total_seconds() >= reevaluate_seconds
+        )
+        if restored.reevaluate_all:
+            restored.dirty = set(restored.patients)
+    return results
+
+
+async def _read_changelog(
+    reader: AIOKafkaConsumer, topic: str, metas: dict[int, Meta | None]
+) -> dict[int, ChangelogReader | None]:
+    """Each partition's changelog from its store's checkpoint (None: the store is stale)."""
+    starts = {p: meta.changelog_offset - 1 if meta else 0 for p, meta in metas.items()}
+    tails: dict[int, ChangelogReader | None] = {p: ChangelogReader() for p in metas}
+    checked = {p: meta is None for p, meta in metas.items()}
+    async for partition, offset, key, value in read_partitions(reader, topic, starts):
+        tail = tails[partition]
+        if tail is None:
+            continue
+        if not checked[partition]:
+            checked[partition] = True
+            meta = metas[partition]
+            try:
+                mine = Marker.decode(value).checkpoint_id == meta.marker.checkpoint_id
+            except ChangelogError:
+                mine = False
+            if offset != starts[partition] or not mine:
+                tails[partition] = None
+            continue  # the store's own marker: already applied
+        tail.add(offset, key, value)
+    for partition, done in checked.items():
+        if not done:  # the changelog ends before the store's checkpoint
+            tails[partition] = None
+    return tails
+
+
+def _rebuild(
+    store: LocalStore, meta: Meta | None, tail: ChangelogReader, committed: int | None
+) -> Restored:
+    documents = dict(store.documents()) if meta is not None else {}
+    local = len(documents)
+    documents.update(tail.documents)
+    marker = tail.marker or (meta.marker if meta else None)
+    restored = Restored(marker=marker)
+    restored.counts = {"local": local, "changelog": tail.records}
+    if tail.inconsistent:
+        log.error("changelog_parts_missing", patients=tail.inconsistent)
+    if marker is None and (committed or 0) > 0 or tail.inconsistent:
+        restored.replay = True
+    elif marker is not None and committed is not None and committed > (marker.input_offset or 0):
+        restored.replay = True  # offsets committed past every checkpoint: the state was lost
+    if restored.replay:
+        store.clear()
+        return restored
+    if tail.marker is not None:
+        store.write(tail.documents, Meta(tail.marker, tail.marker_offset + 1))
+    restored.determinations_offset = marker.determinations_offset if marker else 0
+    for key, document in documents.items():
+        state = decode_state(document)
+        history = PatientHistory(raw=state.events, published=state.published, _parsed=None)
+        restored.patients[key] = history
+        if state.dirty or state.quarantined:
+            restored.flagged.add(key)
+    restored.dirty = set(restored.flagged)
+    return restored
