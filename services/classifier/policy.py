@@ -16,7 +16,6 @@ Decisions taken here (POLICY.md leaves them open):
 from __future__ import annotations
 
 import re
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -32,7 +31,7 @@ from pydantic import (
     model_validator,
 )
 
-from shared.contract import Classification, DoseUnit
+from shared.contract import AssessmentPart, Classification, DoseUnit
 from shared.data_files import load_data_file
 
 DEFAULT_POLICY_PATH = Path(__file__).parent / "policies" / "default-v1.toml"
@@ -59,16 +58,6 @@ def fold_drug_name(name: str) -> str:
     """The name drugs are matched by: trimmed of whitespace, lower case, every run of spaces,
     hyphens and underscores folded to one `_` (`Botulinum  Toxin-A` is `botulinum_toxin_a`)."""
     return _FOLDED.sub("_", name.strip().lower())
-
-
-class AssessmentPart(StrEnum):
-    """A part of the clinical assessment that can be missing (POLICY.md section 5)."""
-
-    MEDICATION_HISTORY = "medication_history"
-    PHYSICAL_EXAM = "physical_exam"
-    NEUROLOGICAL_EXAM = "neurological_exam"
-    CLASSIFICATION = "classification"
-    DIAGNOSTIC = "diagnostic"
 
 
 class _Settings(BaseModel):

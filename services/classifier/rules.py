@@ -13,7 +13,7 @@ from datetime import datetime
 
 from services.classifier.assessment import assessment
 from services.classifier.combinations import combination_trials
-from services.classifier.determination import Determination, EventRef, Trial
+from services.classifier.determination import determination_id
 from services.classifier.drug_failure import drug_failures
 from services.classifier.evidence import events_as_of, require_aware
 from services.classifier.pain_duration import pain_duration
@@ -23,7 +23,14 @@ from services.classifier.status import decide_status
 from services.classifier.treatment_criteria import treatment_criteria
 from services.classifier.trial_outcome import JudgedTrial, judge_trial
 from services.classifier.trials import trial_histories
-from shared.contract import ConditionRecorded, Event, ScoreRecorded
+from shared.contract import (
+    ConditionRecorded,
+    Determination,
+    Event,
+    EventRef,
+    ScoreRecorded,
+    Trial,
+)
 
 
 def evaluate(events: Iterable[Event], policy: Policy, as_of: datetime) -> Determination:
@@ -64,22 +71,26 @@ def evaluate(events: Iterable[Event], policy: Policy, as_of: datetime) -> Determ
     )
     status, status_reason = decide_status(duration, trials, criteria, assessed)
 
+    decision = {
+        "policy": policy.id,
+        "patient_id": patient_id,
+        "status": status,
+        "classification": assessed.classification,
+        "failed_drugs": failures.drugs,
+        "failed_classes": failures.classes,
+        "combination_failed": combinations.failed_count > 0,
+        "missing_assessments": assessed.missing,
+        "evidence_event_ids": [EventRef(source=event.source, id=event.id) for event in evidence],
+        "trials": [_trial_entry(trial) for trial in trials],
+    }
     return Determination(
-        patient_id=patient_id,
-        status=status,
+        **decision,
         as_of=as_of,
-        policy=policy.id,
         pain_start=duration.start,
         pain_days=duration.days,
         current_pain=figure(pain_now.value),
-        classification=assessed.classification,
-        failed_drugs=failures.drugs,
-        failed_classes=failures.classes,
-        combination_failed=combinations.failed_count > 0,
         criteria=criteria.name,
         criteria_met=criteria.met,
-        missing_assessments=assessed.missing,
-        trials=[_trial_entry(trial) for trial in trials],
         combinations=combinations.trials,
         reasons=[
             status_reason,
@@ -91,8 +102,8 @@ def evaluate(events: Iterable[Event], policy: Policy, as_of: datetime) -> Determ
             *assessed.reasons,
             *criteria.reasons,
         ],
-        evidence_event_ids=[EventRef(source=event.source, id=event.id) for event in evidence],
-    ).identified()
+        determination_id=determination_id(**decision),
+    )
 
 
 def classify_all(events: Iterable[Event], policy: Policy, as_of: datetime) -> list[Determination]:

@@ -51,13 +51,12 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.partitioner import murmur2
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from services.classifier.determination import Status
 from services.classifier.history import CONFLICT_REASON, Admission, PatientHistory
 from services.classifier.policy import Policy
 from services.classifier.records import DecisionFailure, Rejection, read_record
 from services.classifier.rules import evaluate
 from shared import dead_letter, tracing
-from shared.contract import ContractViolation, parse_event
+from shared.contract import ContractViolation, Status, parse_event
 from shared.kafka import client_options, end_offsets
 from shared.logging import get_logger
 from shared.progress import Progress

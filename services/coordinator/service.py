@@ -15,7 +15,6 @@ from uuid import UUID
 import asyncpg
 from aiokafka import ConsumerRecord
 
-from services.classifier.determination import Determination
 from services.classifier.policy import Policy, load_policy
 from services.coordinator import store
 from services.coordinator.care_plan import (
@@ -32,7 +31,7 @@ from services.coordinator.scheduling import Roster, SchedulingTask, schedule
 from services.coordinator.store import SYSTEM_ACTOR, TaskView
 from services.coordinator.templates import PlanTemplates
 from services.coordinator.timeline import StatusChange, Timeline, build_timeline
-from shared.contract import ContractViolation, parse_event
+from shared.contract import ContractViolation, Determination, parse_event
 from shared.logging import get_logger
 
 log = get_logger("painpath.coordinator")

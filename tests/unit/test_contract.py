@@ -7,8 +7,8 @@ integrator can act on, without ever echoing the offending value back.
 from __future__ import annotations
 
 import json
-from decimal import Decimal
 from datetime import date, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
