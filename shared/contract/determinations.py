@@ -12,13 +12,20 @@ from __future__ import annotations
 
 from datetime import date
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, WithJsonSchema
 
 from shared.contract.events import Classification, DoseUnit, StopReason
+from shared.contract.instant import RFC3339
 
 DETERMINATION_TYPE = "pain.determination.v1"
+
+# An instant with its offset, as pydantic writes it (`Z` for UTC); the schema says the offset too.
+Moment = Annotated[
+    AwareDatetime,
+    WithJsonSchema({"type": "string", "format": "date-time", "pattern": RFC3339.pattern}),
+]
 
 
 class Status(StrEnum):
@@ -80,16 +87,16 @@ class Trial(_Output):
     drug: str
     in_formulary: bool
     drug_class: str | None
-    started_at: AwareDatetime
-    stopped_at: AwareDatetime | None
+    started_at: Moment
+    stopped_at: Moment | None
     stop_reason: StopReason | None
     daily_dose: float
     dose_unit: DoseUnit
     minimum_dose: float | Literal["any"] | None
     minimum_dose_unit: DoseUnit | None
     minimum_days: int | None
-    adequate_from: AwareDatetime | None
-    adequate_until: AwareDatetime | None
+    adequate_from: Moment | None
+    adequate_until: Moment | None
     baseline: float | None
     on_treatment: float | None
     reduction: float | None
@@ -101,8 +108,8 @@ class CombinationTrial(_Output):
 
     trial_ids: tuple[str, str]
     drugs: tuple[str, str]
-    overlap_from: AwareDatetime
-    overlap_until: AwareDatetime
+    overlap_from: Moment
+    overlap_until: Moment
     baseline: float | None
     on_treatment: float | None
     reduction: float | None
@@ -120,7 +127,7 @@ class Determination(_Output):
 
     patient_id: str
     status: Status
-    as_of: AwareDatetime
+    as_of: Moment
     policy: str
     pain_start: date | None
     pain_days: int | None
