@@ -1,8 +1,10 @@
 """The policy's rules put together: a determination per patient from events, a policy and T.
 
 A pure function of its inputs: no I/O, no clock. Each rule lives in the module named after it
-(`evidence`, `scores`, `pain_duration`, `trials`, `trial_adequacy`, `intolerance`,
-`trial_outcome`, `drug_failure`, `combinations`, `assessment`, `treatment_criteria`, `status`).
+(`scores`, `pain_duration`, `trials`, `trial_adequacy`, `intolerance`, `trial_outcome`,
+`drug_failure`, `combinations`, `assessment`, `treatment_criteria`, `status`); the events that
+count as of T and each trial's course are contract-level code (`shared.contract.evidence`,
+`shared.contract.trials`), shared with the coordinator's timeline.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from services.classifier.assessment import assessment
 from services.classifier.combinations import combination_trials
 from services.classifier.determination import determination_id
 from services.classifier.drug_failure import drug_failures
-from services.classifier.evidence import events_as_of, require_aware
 from services.classifier.pain_duration import pain_duration
 from services.classifier.policy import Policy
 from services.classifier.scores import Scores, current_pain, figure
@@ -31,6 +32,7 @@ from shared.contract import (
     ScoreRecorded,
     Trial,
 )
+from shared.contract.evidence import events_as_of, require_aware
 
 
 def evaluate(events: Iterable[Event], policy: Policy, as_of: datetime) -> Determination:

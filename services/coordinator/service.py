@@ -15,7 +15,6 @@ from uuid import UUID
 import asyncpg
 from aiokafka import ConsumerRecord
 
-from services.classifier.policy import Policy, load_policy
 from services.coordinator import store
 from services.coordinator.care_plan import (
     OPEN_STATES,
@@ -55,13 +54,11 @@ class Coordinator:
         templates: PlanTemplates,
         roster: Roster,
         today: Callable[[], date],
-        policy: Policy | None = None,
     ):
         self.pool = pool
         self.templates = templates
         self.roster = roster
         self.today = today
-        self.policy = policy or load_policy()
 
     async def determination_record(self, record: ConsumerRecord) -> Outcome:
         """Apply one record of `pain.determinations.v1`."""
@@ -125,13 +122,16 @@ class Coordinator:
         )
         if not rows and not determinations:
             return None
-        current = json.loads(determinations[-1]["body"]) if determinations else {"trials": []}
+        current = (
+            Determination.model_validate_json(determinations[-1]["body"])
+            if determinations
+            else None
+        )
         return build_timeline(
             patient_id,
             [parse_event(row["body"]) for row in rows],
-            self.policy,
             as_of,
-            {trial["trial_id"]: trial["outcome"] for trial in current["trials"]},
+            current.trials if current is not None else [],
             [
                 StatusChange(
                     as_of=row["as_of"],
