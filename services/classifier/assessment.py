@@ -5,14 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from services.classifier.determination import Reason
-from services.classifier.policy import AssessmentPart, Policy
+from services.classifier.policy import Policy
 from shared.contract import (
     AssessmentKind,
+    AssessmentPart,
     AssessmentRecorded,
     Classification,
     DiagnosticResulted,
     Event,
+    Reason,
 )
 
 # The assessment kinds that are parts of a complete assessment; the others are recorded only.

@@ -6,11 +6,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from services.classifier.determination import CombinationTrial, Reason
 from services.classifier.policy import FormularyDrug, Policy
 from services.classifier.scores import Scores, exact, figure, figure_text
 from services.classifier.trial_adequacy import AdequatePeriod
 from services.classifier.trial_outcome import JudgedTrial
+from shared.contract import CombinationTrial, Reason
 
 
 @dataclass(frozen=True)

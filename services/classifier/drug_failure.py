@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from services.classifier.determination import Reason
 from services.classifier.policy import FormularyDrug
 from services.classifier.trial_outcome import COUNTED_OUTCOMES, FAILED_OUTCOMES, JudgedTrial
+from shared.contract import Reason
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from services.classifier.determination import Status
+from shared.contract import Status
 
 
 class Metrics:

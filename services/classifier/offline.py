@@ -15,12 +15,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from services.classifier.determination import Determination
 from services.classifier.history import CONFLICT_REASON, Admission, PatientHistory
 from services.classifier.policy import Policy
 from services.classifier.records import DecisionFailure, Rejection, read_record, read_value
 from services.classifier.rules import evaluate
-from shared.contract import MAX_EVENT_BYTES
+from shared.contract import MAX_EVENT_BYTES, Determination
 from shared.contract.instant import TIME_MAX, TIME_MIN, in_bounds
 
 # The instants an event's `time` may take (CONTRACT.md, in UTC), so the instants T too: outside

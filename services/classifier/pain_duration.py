@@ -6,10 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-from services.classifier.determination import Reason
 from services.classifier.policy import Policy
 from services.classifier.scores import Scores
-from shared.contract import ConditionRecorded
+from shared.contract import ConditionRecorded, Reason
 
 _PAINFUL = 1.0
 

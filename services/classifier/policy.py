@@ -4,7 +4,8 @@ Every number the classifier uses is a setting of a policy file under `policies/`
 the rules, the file holds the numbers and the formulary. `load_policy()` returns `default-v1`.
 
 Decisions taken here (POLICY.md leaves them open):
-- Drug names are trimmed of whitespace only (Python's `str.strip()`), lower-cased, then every run
+- Drug names are matched folded (`shared.contract.trials.fold_drug_name`, shared with the
+  coordinator): trimmed of whitespace only (Python's `str.strip()`), lower-cased, then every run
   of whitespace, hyphens and underscores, mixed or not, becomes one `_`. Underscores or hyphens at
   either end are kept as a `_`: `-gabapentin` and `_gabapentin_` are `_gabapentin` and
   `_gabapentin_`, not formulary names (shown under that folded name, never counted).
@@ -15,8 +16,6 @@ Decisions taken here (POLICY.md leaves them open):
 
 from __future__ import annotations
 
-import re
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -32,13 +31,12 @@ from pydantic import (
     model_validator,
 )
 
-from shared.contract import Classification, DoseUnit
+from shared.contract import AssessmentPart, Classification, DoseUnit
+from shared.contract.trials import fold_drug_name
 from shared.data_files import load_data_file
 
 DEFAULT_POLICY_PATH = Path(__file__).parent / "policies" / "default-v1.toml"
 DEFAULT_CRITERIA = "default"
-
-_FOLDED = re.compile(r"[\s_-]+")
 
 DrugName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]+(_[a-z0-9]+)*$")]
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
@@ -53,22 +51,6 @@ def _minimum_dose(value: object) -> float | Literal["any"]:
 
 
 MinimumDose = Annotated[float | Literal["any"], PlainValidator(_minimum_dose)]
-
-
-def fold_drug_name(name: str) -> str:
-    """The name drugs are matched by: trimmed of whitespace, lower case, every run of spaces,
-    hyphens and underscores folded to one `_` (`Botulinum  Toxin-A` is `botulinum_toxin_a`)."""
-    return _FOLDED.sub("_", name.strip().lower())
-
-
-class AssessmentPart(StrEnum):
-    """A part of the clinical assessment that can be missing (POLICY.md section 5)."""
-
-    MEDICATION_HISTORY = "medication_history"
-    PHYSICAL_EXAM = "physical_exam"
-    NEUROLOGICAL_EXAM = "neurological_exam"
-    CLASSIFICATION = "classification"
-    DIAGNOSTIC = "diagnostic"
 
 
 class _Settings(BaseModel):

@@ -1,8 +1,10 @@
 """The policy's rules put together: a determination per patient from events, a policy and T.
 
 A pure function of its inputs: no I/O, no clock. Each rule lives in the module named after it
-(`evidence`, `scores`, `pain_duration`, `trials`, `trial_adequacy`, `intolerance`,
-`trial_outcome`, `drug_failure`, `combinations`, `assessment`, `treatment_criteria`, `status`).
+(`scores`, `pain_duration`, `trials`, `trial_adequacy`, `intolerance`, `trial_outcome`,
+`drug_failure`, `combinations`, `assessment`, `treatment_criteria`, `status`); the events that
+count as of T and each trial's course are contract-level code (`shared.contract.evidence`,
+`shared.contract.trials`), shared with the coordinator's timeline.
 """
 
 from __future__ import annotations
@@ -13,9 +15,8 @@ from datetime import datetime
 
 from services.classifier.assessment import assessment
 from services.classifier.combinations import combination_trials
-from services.classifier.determination import Determination, EventRef, Trial
+from services.classifier.determination import determination_id
 from services.classifier.drug_failure import drug_failures
-from services.classifier.evidence import events_as_of, require_aware
 from services.classifier.pain_duration import pain_duration
 from services.classifier.policy import Policy
 from services.classifier.scores import Scores, current_pain, figure
@@ -23,7 +24,15 @@ from services.classifier.status import decide_status
 from services.classifier.treatment_criteria import treatment_criteria
 from services.classifier.trial_outcome import JudgedTrial, judge_trial
 from services.classifier.trials import trial_histories
-from shared.contract import ConditionRecorded, Event, ScoreRecorded
+from shared.contract import (
+    ConditionRecorded,
+    Determination,
+    Event,
+    EventRef,
+    ScoreRecorded,
+    Trial,
+)
+from shared.contract.evidence import events_as_of, require_aware
 
 
 def evaluate(events: Iterable[Event], policy: Policy, as_of: datetime) -> Determination:
@@ -64,22 +73,26 @@ def evaluate(events: Iterable[Event], policy: Policy, as_of: datetime) -> Determ
     )
     status, status_reason = decide_status(duration, trials, criteria, assessed)
 
+    decision = {
+        "policy": policy.id,
+        "patient_id": patient_id,
+        "status": status,
+        "classification": assessed.classification,
+        "failed_drugs": failures.drugs,
+        "failed_classes": failures.classes,
+        "combination_failed": combinations.failed_count > 0,
+        "missing_assessments": assessed.missing,
+        "evidence_event_ids": [EventRef(source=event.source, id=event.id) for event in evidence],
+        "trials": [_trial_entry(trial) for trial in trials],
+    }
     return Determination(
-        patient_id=patient_id,
-        status=status,
+        **decision,
         as_of=as_of,
-        policy=policy.id,
         pain_start=duration.start,
         pain_days=duration.days,
         current_pain=figure(pain_now.value),
-        classification=assessed.classification,
-        failed_drugs=failures.drugs,
-        failed_classes=failures.classes,
-        combination_failed=combinations.failed_count > 0,
         criteria=criteria.name,
         criteria_met=criteria.met,
-        missing_assessments=assessed.missing,
-        trials=[_trial_entry(trial) for trial in trials],
         combinations=combinations.trials,
         reasons=[
             status_reason,
@@ -91,8 +104,8 @@ def evaluate(events: Iterable[Event], policy: Policy, as_of: datetime) -> Determ
             *assessed.reasons,
             *criteria.reasons,
         ],
-        evidence_event_ids=[EventRef(source=event.source, id=event.id) for event in evidence],
-    ).identified()
+        determination_id=determination_id(**decision),
+    )
 
 
 def classify_all(events: Iterable[Event], policy: Policy, as_of: datetime) -> list[Determination]:

@@ -16,9 +16,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 
-from services.classifier.determination import Reason
 from services.classifier.policy import Policy
-from shared.contract import ScoreRecorded
+from shared.contract import Reason, ScoreRecorded
 
 
 def exact(value: Decimal | float) -> Fraction:

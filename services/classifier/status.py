@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from services.classifier.assessment import Assessment
-from services.classifier.determination import Reason, Status, TrialOutcome
 from services.classifier.pain_duration import PainDuration
 from services.classifier.treatment_criteria import CriteriaJudgement
 from services.classifier.trial_outcome import JudgedTrial
+from shared.contract import Reason, Status, TrialOutcome
 
 
 def decide_status(

@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 
-from services.classifier.determination import Reason
 from services.classifier.policy import Policy
 from services.classifier.scores import exact, figure_text
-from shared.contract import Classification
+from shared.contract import Classification, Reason
 
 
 @dataclass(frozen=True)

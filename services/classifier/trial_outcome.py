@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 
-from services.classifier.determination import Reason, TrialOutcome
 from services.classifier.intolerance import intolerance
 from services.classifier.policy import Policy
 from services.classifier.scores import Scores, exact, figure_text
 from services.classifier.trial_adequacy import Adequacy, AdequatePeriod, adequacy
 from services.classifier.trials import TrialHistory
+from shared.contract import Reason, TrialOutcome
 
 COUNTED_OUTCOMES = frozenset({TrialOutcome.RESPONDED, TrialOutcome.FAILED, TrialOutcome.INTOLERANT})
 FAILED_OUTCOMES = frozenset({TrialOutcome.FAILED, TrialOutcome.INTOLERANT})

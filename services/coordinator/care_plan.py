@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from services.classifier.determination import Determination, Status
 from services.coordinator.templates import (
     NO_CLASSIFICATION,
     PlanTemplates,
@@ -20,6 +19,7 @@ from services.coordinator.templates import (
     Role,
     TaskTemplate,
 )
+from shared.contract import Determination, Status
 
 
 @dataclass(frozen=True)

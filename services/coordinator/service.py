@@ -15,8 +15,6 @@ from uuid import UUID
 import asyncpg
 from aiokafka import ConsumerRecord
 
-from services.classifier.determination import Determination
-from services.classifier.policy import Policy, load_policy
 from services.coordinator import store
 from services.coordinator.care_plan import (
     OPEN_STATES,
@@ -32,7 +30,7 @@ from services.coordinator.scheduling import Roster, SchedulingTask, schedule
 from services.coordinator.store import SYSTEM_ACTOR, TaskView
 from services.coordinator.templates import PlanTemplates
 from services.coordinator.timeline import StatusChange, Timeline, build_timeline
-from shared.contract import ContractViolation, parse_event
+from shared.contract import ContractViolation, Determination, parse_event
 from shared.logging import get_logger
 
 log = get_logger("painpath.coordinator")
@@ -56,13 +54,11 @@ class Coordinator:
         templates: PlanTemplates,
         roster: Roster,
         today: Callable[[], date],
-        policy: Policy | None = None,
     ):
         self.pool = pool
         self.templates = templates
         self.roster = roster
         self.today = today
-        self.policy = policy or load_policy()
 
     async def determination_record(self, record: ConsumerRecord) -> Outcome:
         """Apply one record of `pain.determinations.v1`."""
@@ -126,13 +122,16 @@ class Coordinator:
         )
         if not rows and not determinations:
             return None
-        current = json.loads(determinations[-1]["body"]) if determinations else {"trials": []}
+        current = (
+            Determination.model_validate_json(determinations[-1]["body"])
+            if determinations
+            else None
+        )
         return build_timeline(
             patient_id,
             [parse_event(row["body"]) for row in rows],
-            self.policy,
             as_of,
-            {trial["trial_id"]: trial["outcome"] for trial in current["trials"]},
+            current.trials if current is not None else [],
             [
                 StatusChange(
                     as_of=row["as_of"],

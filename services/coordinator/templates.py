@@ -21,9 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from services.classifier.determination import Status, TrialOutcome
-from services.classifier.policy import AssessmentPart
-from shared.contract import Classification
+from shared.contract import AssessmentPart, Classification, Status, TrialOutcome
 from shared.data_files import load_data_file
 
 PLANS = Path(__file__).parent / "plans"

@@ -1,8 +1,11 @@
 """A patient's timeline for the dashboard: scores, trials with dose steps, side effects, statuses.
 
-Built with the classifier's own rules (`evidence.events_as_of` drops duplicates and retracted
-events; `trials.trial_histories` rebuilds each trial's dose steps), so the plot shows exactly
-the evidence the determinations were made from.
+Built with the contract-level code the classifier decides with (`shared.contract.evidence`
+drops duplicates and retracted events; `shared.contract.trials` rebuilds each trial's dose
+steps), so the plot shows exactly the evidence the determinations were made from. What takes the
+policy comes from the current determination: each trial's outcome and the name it is judged
+under (its formulary name); a trial the determination does not know yet (its events came first)
+shows the name sent, folded, and no outcome.
 """
 
 from __future__ import annotations
@@ -12,10 +15,9 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-from services.classifier.evidence import events_as_of
-from services.classifier.policy import Policy
-from services.classifier.trials import trial_histories
-from shared.contract import Event, ScoreRecorded, SideEffectReported
+from shared.contract import Event, ScoreRecorded, SideEffectReported, Trial
+from shared.contract.evidence import events_as_of
+from shared.contract.trials import fold_drug_name, trial_courses
 
 
 class ScorePoint(BaseModel):
@@ -78,13 +80,13 @@ def status_changes(determinations: Iterable[StatusChange]) -> list[StatusChange]
 def build_timeline(
     patient_id: str,
     events: Sequence[Event],
-    policy: Policy,
     as_of: datetime,
-    outcomes: dict[str, str],
+    judged: Sequence[Trial],
     determinations: Iterable[StatusChange],
 ) -> Timeline:
-    """The timeline as of `as_of`; `outcomes`: the current determination's trial outcomes."""
+    """The timeline as of `as_of`; `judged`: the current determination's trials."""
     evidence = events_as_of(events, as_of)
+    by_id = {trial.trial_id: trial for trial in judged}
     return Timeline(
         patient_id=patient_id,
         scores=[
@@ -94,18 +96,22 @@ def build_timeline(
         ],
         trials=[
             TrialBar(
-                trial_id=trial.trial_id,
-                drug=trial.name,
-                started_at=trial.started_at,
-                stopped_at=trial.stopped_at,
-                stop_reason=trial.stop_reason.value if trial.stop_reason else None,
-                outcome=outcomes.get(trial.trial_id),
+                trial_id=course.trial_id,
+                drug=(
+                    by_id[course.trial_id].drug
+                    if course.trial_id in by_id
+                    else fold_drug_name(course.start.data.drug)
+                ),
+                started_at=course.started_at,
+                stopped_at=course.stopped_at,
+                stop_reason=course.stop_reason.value if course.stop_reason else None,
+                outcome=by_id[course.trial_id].outcome.value if course.trial_id in by_id else None,
                 doses=[
                     DoseStepView(start=step.at, daily_dose=step.daily_dose, dose_unit=step.unit)
-                    for step in trial.doses
+                    for step in course.doses
                 ],
             )
-            for trial in trial_histories(evidence, as_of, policy)
+            for course in trial_courses(evidence, as_of)
         ],
         side_effects=[
             SideEffectMark(

@@ -1,9 +1,10 @@
 """The contract's machine-readable documents, generated from the models and the topic catalog.
 
 - `docs/contract/schemas/<type>.json`: one JSON Schema (draft 2020-12) per event type, envelope
-  and data, with `$id` `https://painpath.dev/schemas/<type>.json`.
+  and data, and one for the determination (`pain.determination.v1.json`), each with `$id`
+  `https://painpath.dev/schemas/<name>.json`.
 - `docs/contract/asyncapi.yaml`: an AsyncAPI 3.0.0 document of every topic in the catalog, with
-  the same event schemas inlined into `components.schemas` (where AsyncAPI tooling looks).
+  the same schemas inlined into `components.schemas` (where AsyncAPI tooling looks).
 
 Nothing here is written by hand: `export` regenerates both, and `export(check=True)` reports the
 committed files that have drifted from the models.
@@ -21,6 +22,7 @@ from pydantic import TypeAdapter
 from pydantic.json_schema import GenerateJsonSchema, models_json_schema
 
 from shared import dead_letter
+from shared.contract.determinations import DETERMINATION_TYPE, Determination
 from shared.contract.events import EVENT_MODELS, PatientId
 from shared.topics import CARE_TASKS, CATALOG, DETERMINATIONS, EVENTS, EVENTS_DLQ, Topic
 
@@ -39,8 +41,9 @@ class ContractJsonSchema(GenerateJsonSchema):
     """pydantic's JSON Schema generator (the times and numbers bring their own schemas)."""
 
 
-def schema_path(event_type: str) -> Path:
-    return SCHEMAS_DIR / f"{event_type}.json"
+def schema_path(name: str) -> Path:
+    """The JSON Schema of an event type or of the determination, by its versioned name."""
+    return SCHEMAS_DIR / f"{name}.json"
 
 
 def event_schema(event_type: str) -> dict[str, Any]:
@@ -50,6 +53,16 @@ def event_schema(event_type: str) -> dict[str, Any]:
     for definition in schema.get("$defs", {}).values():
         _optional_may_be_null(definition)
     return {"$schema": SCHEMA_DIALECT, "$id": f"{SCHEMA_ID_BASE}{event_type}.json", **schema}
+
+
+def determination_schema() -> dict[str, Any]:
+    """The standalone JSON Schema of the determination, as the classifier publishes it."""
+    schema = Determination.model_json_schema(schema_generator=ContractJsonSchema)
+    return {
+        "$schema": SCHEMA_DIALECT,
+        "$id": f"{SCHEMA_ID_BASE}{DETERMINATION_TYPE}.json",
+        **schema,
+    }
 
 
 def _optional_may_be_null(schema: dict[str, Any]) -> None:
@@ -73,6 +86,15 @@ def asyncapi_document() -> dict[str, Any]:
     )
     for definition in definitions.get("$defs", {}).values():
         _optional_may_be_null(definition)
+    # The determination's own definitions: a `null` for an optional member is an event rule only.
+    determination_refs, determination_definitions = models_json_schema(
+        [(Determination, "validation")],
+        ref_template="#/components/schemas/{model}",
+        schema_generator=ContractJsonSchema,
+    )
+    for name, definition in determination_definitions["$defs"].items():
+        if definitions["$defs"].setdefault(name, definition) != definition:
+            raise ValueError(f"two contract schemas are named {name}")
     patient_key = TypeAdapter(PatientId).json_schema()
 
     event_messages = {
@@ -90,9 +112,17 @@ def asyncapi_document() -> dict[str, Any]:
         EVENTS.name: event_messages,
         EVENTS_DLQ.name: {"RejectedEvent": _rejected_event_message()},
         DETERMINATIONS.name: {
-            "Determination": _unspecified_message(
-                "Determination", "the classifier", DETERMINATIONS, patient_key
-            )
+            "Determination": {
+                "name": DETERMINATION_TYPE,
+                "title": "Determination",
+                "summary": (
+                    "One patient's refractory status as of an instant under a policy, with the"
+                    f" figures and reasons behind it (`{DETERMINATION_TYPE}`)."
+                ),
+                "contentType": "application/json",
+                "payload": determination_refs[(Determination, "validation")],
+                "bindings": _key_binding(patient_key),
+            }
         },
         CARE_TASKS.name: {
             "CareTaskChange": _unspecified_message(
@@ -295,6 +325,7 @@ def render_documents() -> dict[Path, str]:
     documents = {
         schema_path(event_type): _json_text(event_schema(event_type)) for event_type in EVENT_MODELS
     }
+    documents[schema_path(DETERMINATION_TYPE)] = _json_text(determination_schema())
     documents[ASYNCAPI_PATH] = _yaml_text(asyncapi_document())
     return documents
 

@@ -15,8 +15,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from playwright.async_api import Browser, Page, Route, async_playwright, expect
 
-from services.classifier.determination import Determination, Reason, Status, TrialOutcome
-from shared.contract import Classification
+from shared.contract import Classification, Determination, Reason, Status, TrialOutcome
 from shared.topics import EVENTS
 from tests.conftest import ARTIFACTS, remember_patient_ids
 from tests.integration.test_coordinator import (
@@ -29,7 +28,7 @@ from tests.integration.test_coordinator import (
     tasks_of,
 )
 from tests.samples import valid_event
-from tests.unit.coordinator.coordinator_samples import trial
+from tests.unit.coordinator.coordinator_samples import identified, trial
 
 pytestmark = pytest.mark.integration
 
@@ -300,14 +299,13 @@ async def test_the_patient_page_explains_the_determination_and_plots_the_timelin
     suspected = decided(
         patient, Status.REFRACTORY_SUSPECTED, classification=Classification.NEUROPATHIC
     ).model_copy(update={"as_of": datetime(2026, 3, 2, 12, tzinfo=UTC)})
-    final = (
+    final = identified(
         decided(
             patient,
             Status.REFRACTORY_CONFIRMED,
             classification=Classification.NEUROPATHIC,
             trials=trials,
-        )
-        .model_copy(
+        ).model_copy(
             update={
                 "as_of": datetime(2026, 4, 21, 12, tzinfo=UTC),
                 "failed_drugs": ["duloxetine", "gabapentin"],
@@ -317,7 +315,6 @@ async def test_the_patient_page_explains_the_determination_and_plots_the_timelin
                 ],
             }
         )
-        .identified()
     )
     await publish_events(settings, *events)
     await publish(settings, suspected, final)

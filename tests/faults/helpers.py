@@ -20,7 +20,6 @@ from pathlib import Path
 import httpx
 from aiokafka import AIOKafkaProducer
 
-from services.classifier.determination import Determination
 from services.classifier.history import Admission, PatientHistory
 from services.classifier.policy import load_policy
 from services.classifier.records import Rejection, read_record
@@ -33,7 +32,7 @@ from services.coordinator.care_plan import (
     reconcile,
 )
 from services.coordinator.templates import load_templates
-from shared.contract import ContractViolation, parse_event
+from shared.contract import ContractViolation, Determination, parse_event
 from shared.ports import free_port
 from shared.topics import DETERMINATIONS
 from tests.conftest import ARTIFACTS, SENT_PATIENT_IDS

@@ -13,21 +13,19 @@ import pytest
 import uvicorn
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from services.classifier.determination import Determination, Status
-from services.classifier.policy import AssessmentPart
 from services.coordinator.app import GROUP, create_app
 from services.coordinator.consumer import RecordConsumer
 from services.coordinator.scheduling import load_roster
 from services.coordinator.service import Coordinator
 from services.coordinator.templates import load_templates
-from shared.contract import Classification
+from shared.contract import AssessmentPart, Classification, Determination, Status
 from shared.db import migrate
 from shared.ports import free_port
 from shared.progress import Progress
 from shared.settings import ApiToken
 from shared.topics import CARE_TASKS, DETERMINATIONS
 from tests.conftest import read_topic
-from tests.unit.coordinator.coordinator_samples import determination
+from tests.unit.coordinator.coordinator_samples import determination, identified
 
 pytestmark = pytest.mark.integration
 
@@ -46,8 +44,8 @@ def auth(role: str) -> dict[str, str]:
 
 
 def decided(patient_id: str, status: Status, **details) -> Determination:
-    return (
-        determination(status, **details).model_copy(update={"patient_id": patient_id}).identified()
+    return identified(
+        determination(status, **details).model_copy(update={"patient_id": patient_id})
     )
 
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from shared import dead_letter
-from shared.contract import EVENT_MODELS, ContractViolation, parse_event
+from shared.contract import DETERMINATION_TYPE, EVENT_MODELS, ContractViolation, parse_event
 from shared.contract.export import (
     ASYNCAPI_PATH,
     SCHEMAS_DIR,
@@ -54,10 +54,12 @@ def test_every_event_type_has_its_own_schema(documents: dict[Path, str], event_t
     assert {"specversion", "id", "source", "type", "time", "data"} <= set(schema["required"])
 
 
-def test_there_is_no_schema_but_the_event_types(documents: dict[Path, str]) -> None:
+def test_there_is_no_schema_but_the_event_types_and_the_determination(
+    documents: dict[Path, str],
+) -> None:
     schemas = {path for path in documents if path.parent == SCHEMAS_DIR}
 
-    assert schemas == {schema_path(event_type) for event_type in EVENT_MODELS}
+    assert schemas == {schema_path(name) for name in [*EVENT_MODELS, DETERMINATION_TYPE]}
 
 
 def test_check_reports_stale_missing_and_extra_files_without_writing(tmp_path: Path) -> None:

@@ -20,7 +20,6 @@ from typing import Any
 
 import pytest
 
-from services.classifier.determination import Determination, Reason, Status, Trial, TrialOutcome
 from services.classifier.pain_duration import _PAINFUL
 from services.classifier.policy import (
     DEFAULT_CRITERIA,
@@ -29,6 +28,7 @@ from services.classifier.policy import (
     TreatmentCriteria,
     load_policy,
 )
+from shared.contract import Determination, Reason, Status, Trial, TrialOutcome
 from shared.settings import Settings
 from tests import markdown
 

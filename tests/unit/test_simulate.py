@@ -14,10 +14,9 @@ from typing import Any
 import pytest
 
 from painpath.simulate import AS_OF, FeedStats, Line, simulate, write_feed
-from services.classifier.determination import Status, TrialOutcome
 from services.classifier.policy import load_policy
 from services.classifier.rules import classify_all
-from shared.contract import ContractViolation, Event, parse_event
+from shared.contract import ContractViolation, Event, Status, TrialOutcome, parse_event
 from shared.contract.events import PATIENT_ID_PATTERN, TIME_REASON
 
 COHORT, SEED = 500, 7

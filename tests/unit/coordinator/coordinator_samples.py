@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 
-from services.classifier.determination import Determination, Status, Trial, TrialOutcome
-from services.classifier.policy import AssessmentPart
 from services.coordinator.care_plan import TaskState
 from services.coordinator.scheduling import Person, Roster, SchedulingTask
 from services.coordinator.templates import Priority, Role
-from shared.contract import Classification, DoseUnit
+from shared.contract import (
+    AssessmentPart,
+    Classification,
+    Determination,
+    DoseUnit,
+    Status,
+    Trial,
+    TrialOutcome,
+)
 
 AS_OF = datetime(2025, 3, 3, 9, 0, tzinfo=UTC)
 MONDAY = date(2025, 3, 3)
@@ -46,7 +53,7 @@ def determination(
     missing: Sequence[AssessmentPart] = (),
     trials: Sequence[Trial] = (),
 ) -> Determination:
-    return Determination(
+    sample = Determination(
         patient_id="patient-coordinator-test",
         status=status,
         as_of=AS_OF,
@@ -65,7 +72,18 @@ def determination(
         combinations=[],
         reasons=[],
         evidence_event_ids=[],
-    ).identified()
+        determination_id="unidentified",
+    )
+    return identified(sample)
+
+
+def identified(sample: Determination) -> Determination:
+    """The determination with an id of its content: to the coordinator an id is opaque, the same
+    decision has the same one and another decision another (the classifier derives its own)."""
+    content = sample.model_dump_json(exclude={"determination_id", "as_of"})
+    return sample.model_copy(
+        update={"determination_id": hashlib.sha256(content.encode()).hexdigest()}
+    )
 
 
 def confirmed(classification: Classification) -> Determination:

@@ -3,11 +3,9 @@
 import pytest
 from coordinator_samples import confirmed, determination, suspected, trial
 
-from services.classifier.determination import Status, TrialOutcome
-from services.classifier.policy import AssessmentPart
 from services.coordinator.care_plan import TaskSpec, plan_for
 from services.coordinator.templates import Priority, Role, load_templates
-from shared.contract import Classification
+from shared.contract import AssessmentPart, Classification, Status, TrialOutcome
 
 TEMPLATES = load_templates()
 CORE = [

@@ -3,8 +3,6 @@ longer called for, and never touch what was done."""
 
 from coordinator_samples import confirmed, determination, suspected
 
-from services.classifier.determination import Status
-from services.classifier.policy import AssessmentPart
 from services.coordinator.care_plan import (
     ExistingTask,
     PlanChange,
@@ -14,7 +12,7 @@ from services.coordinator.care_plan import (
     reconcile,
 )
 from services.coordinator.templates import load_templates
-from shared.contract import Classification
+from shared.contract import AssessmentPart, Classification, Status
 
 TEMPLATES = load_templates()
 

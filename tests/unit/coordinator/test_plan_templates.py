@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 
-from services.classifier.determination import Status
 from services.coordinator.templates import (
     DEFAULT_TEMPLATES_PATH,
     Priority,
@@ -12,6 +11,7 @@ from services.coordinator.templates import (
     TemplateError,
     load_templates,
 )
+from shared.contract import Status
 
 
 def write_templates(tmp_path: Path, old: str, new: str) -> Path:

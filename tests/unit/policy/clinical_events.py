@@ -5,10 +5,9 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from services.classifier.determination import Determination, Trial
 from services.classifier.policy import load_policy
 from services.classifier.rules import evaluate
-from shared.contract import Event, parse_event
+from shared.contract import Determination, Event, Trial, parse_event
 
 POLICY = load_policy()
 SOURCE = "urn:hospital:test:ehr"

@@ -1,11 +1,21 @@
 """The determination: its deterministic id and its shape."""
 
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from clinical_events import AS_OF, History, chronic_history, day, determine, refractory_history
 
-from services.classifier.determination import Determination
+from services.classifier.determination import determination_id
+from shared.contract import (
+    AssessmentPart,
+    Classification,
+    Determination,
+    DoseUnit,
+    EventRef,
+    Status,
+    Trial,
+    TrialOutcome,
+)
 
 
 def test_same_evidence_gives_the_same_id_on_another_day():
@@ -98,3 +108,43 @@ def test_the_fast_determination_id_equals_the_model_dump_definition_over_a_cohor
         statuses.add(determination.status)
         assert determination.determination_id == _id_from_model_dump(determination)
     assert len(statuses) >= 3  # the cohort exercises several kinds of determination
+
+
+def test_the_id_of_a_decision_is_the_one_published_before_the_determination_became_a_contract():
+    """Pinned: the id this decision had when the classifier owned the model (`identified()`)."""
+    trial = Trial(
+        trial_id="t-1",
+        drug="gabapentin",
+        in_formulary=True,
+        drug_class="gabapentinoid",
+        started_at=datetime(2026, 1, 2, 9, tzinfo=UTC),
+        stopped_at=None,
+        stop_reason=None,
+        daily_dose=1800,
+        dose_unit=DoseUnit.MG,
+        minimum_dose=1200,
+        minimum_dose_unit=DoseUnit.MG,
+        minimum_days=28,
+        adequate_from=None,
+        adequate_until=None,
+        baseline=8,
+        on_treatment=7,
+        reduction=0.125,
+        outcome=TrialOutcome.FAILED,
+    )
+    decided = determination_id(
+        policy="default-v1",
+        patient_id="p-1842",
+        status=Status.REFRACTORY_SUSPECTED,
+        classification=Classification.NEUROPATHIC,
+        failed_drugs=["gabapentin"],
+        failed_classes=["gabapentinoid"],
+        combination_failed=False,
+        missing_assessments=[AssessmentPart.DIAGNOSTIC],
+        evidence_event_ids=[
+            EventRef(source="urn:hospital:st-olaf:ehr", id="\u00e9vt-1"),
+            EventRef(source="urn:x", id="2"),
+        ],
+        trials=[trial],
+    )
+    assert decided == "047f7b9b1bce11c1ad7d799e3798d754fa32a5055afa3dbafe94715157a73d8b"

@@ -4,8 +4,8 @@
 import pytest
 from clinical_events import POLICY, chronic_history, day, determine, trial_of
 
-from services.classifier.determination import TrialOutcome
-from services.classifier.policy import fold_drug_name
+from shared.contract import TrialOutcome
+from shared.contract.trials import fold_drug_name
 
 
 @pytest.mark.parametrize(

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-from services.classifier.determination import Status
 from services.classifier.policy import load_policy
 from services.classifier.rules import evaluate
-from shared.contract import parse_event
+from shared.contract import Status, parse_event
 
 POLICY = load_policy()
 

@@ -5,8 +5,8 @@ from datetime import datetime, timedelta
 import pytest
 from clinical_events import AS_OF, POLICY, History, chronic_history, day, determine, trial_of
 
-from services.classifier.determination import TrialOutcome
 from services.classifier.rules import classify_all, evaluate
+from shared.contract import TrialOutcome
 
 
 def intolerant_by_side_effect() -> tuple[History, object]:

@@ -3,7 +3,7 @@
 import pytest
 from clinical_events import chronic_history, day, determine, refractory_history, trial_of
 
-from services.classifier.determination import TrialOutcome
+from shared.contract import TrialOutcome
 
 
 def gabapentin_trials(*on_treatment: float, third_inadequate: bool = False):

@@ -5,7 +5,7 @@ from datetime import date, datetime, timedelta, timezone
 import pytest
 from clinical_events import AS_OF, History, day, determine
 
-from services.classifier.determination import Status
+from shared.contract import Status
 
 AS_OF_DATE = date(2026, 5, 31)  # the UTC date of AS_OF
 

@@ -15,10 +15,8 @@ from clinical_events import (
     trial_of,
 )
 
-from services.classifier.determination import Status, TrialOutcome
-from services.classifier.policy import AssessmentPart
 from services.classifier.treatment_criteria import treatment_criteria
-from shared.contract import Classification
+from shared.contract import AssessmentPart, Classification, Status, TrialOutcome
 
 AS_OF_DATE = date(2026, 5, 31)
 

@@ -13,7 +13,7 @@ from clinical_events import (
     trial_of,
 )
 
-from services.classifier.determination import Status, TrialOutcome
+from shared.contract import Status, TrialOutcome
 
 
 def failing_gabapentin(*stop_days: float, reason: str = "ineffective"):

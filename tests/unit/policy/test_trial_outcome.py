@@ -5,7 +5,7 @@ from datetime import timedelta
 import pytest
 from clinical_events import START, chronic_history, day, determine, text_of, trial_of
 
-from services.classifier.determination import Status, TrialOutcome
+from shared.contract import Status, TrialOutcome
 
 
 def single_trial(

@@ -1,6 +1,10 @@
 """The events that count as of an instant T: deduplicated, unretracted, at or before T, in order.
 
-Decisions taken here (POLICY.md leaves them open):
+The contract's rules for one patient's stream (CONTRACT.md: a (source, id) delivered twice is one
+event; a retraction makes it as if the event had never been sent), as contract-level code: the
+classifier decides from exactly these events and the coordinator's timeline shows exactly them.
+
+Decisions taken here (the contract and POLICY.md leave them open):
 - Duplicates: the first delivered of the same (source, id) is kept, as the idempotent store of a
   stream keeps it; the contract makes a re-delivery the same event.
 - Retractions are dropped *first*, before the cut-off at T: a retraction corrects the record, it is
@@ -19,7 +23,7 @@ from collections import defaultdict, deque
 from collections.abc import Iterable
 from datetime import datetime
 
-from shared.contract import Event, EventRetracted
+from shared.contract.events import Event, EventRetracted
 
 Key = tuple[str, str]
 
