@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     classifier_checkpoint_seconds: float = Field(default=1, ge=0)
     # ... and at least this often while a backlog keeps patients waiting.
     classifier_checkpoint_max_seconds: float = Field(default=30, gt=0)
+    # Static group membership (KIP-345): a worker restarted with the same id gets its partitions
+    # back without a rebalance. One per worker (a pod name); unset: dynamic membership.
+    classifier_group_instance_id: str | None = Field(default=None, min_length=1, max_length=249)
 
     # Coordinator
     coordinator_host: str = "127.0.0.1"

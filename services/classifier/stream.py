@@ -160,6 +160,7 @@ class Classifier:
         self.consumer = AIOKafkaConsumer(
             **self._options(),
             group_id=self.group,
+            group_instance_id=self.settings.classifier_group_instance_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             session_timeout_ms=timeout_ms,

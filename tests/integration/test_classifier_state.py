@@ -13,7 +13,7 @@ import signal
 from datetime import UTC, datetime
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench.services import as_records
 from services.classifier.changelog import (
@@ -25,6 +25,7 @@ from services.classifier.changelog import (
 )
 from services.classifier.restore import restore
 from services.classifier.store import LocalStore
+from shared.kafka import end_offsets
 from shared.topics import CLASSIFIER_CHANGELOG, DETERMINATIONS
 from tests.conftest import read_topic
 from tests.integration.test_classifier_stream import (
@@ -69,6 +70,18 @@ async def write_changelog(settings, checkpoints: list[dict[bytes, PatientState]]
         await producer.stop()
 
 
+async def ends(settings) -> tuple[int, int]:
+    """The changelog partition's end as ListOffsets says, and as a fetch's high-water mark."""
+    reader = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await reader.start()
+    try:
+        tp = TopicPartition(CLASSIFIER_CHANGELOG.full_name(settings.kafka_topic_prefix), PARTITION)
+        listed = (await reader.end_offsets([tp]))[tp]
+        return listed, (await end_offsets(reader, [tp]))[tp]
+    finally:
+        await reader.stop()
+
+
 async def run_restore(settings, store: LocalStore, committed: int | None = None):
     reader = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
@@ -101,6 +114,8 @@ async def test_a_new_owner_reads_the_whole_changelog_then_a_restart_only_its_tai
     changed = {key: state(n, events=4, dirty=n % 2 == 0) for n, key in enumerate(patients)}
     changed = dict(list(changed.items())[:50])
     await write_changelog(settings, [patients, changed], offset=1800)
+    listed, true_end = await ends(settings)
+    assert listed < true_end == 652  # the broker's ListOffsets is short here: the case named
     store = LocalStore.open(tmp_path, "events", PARTITION)
 
     taken = await run_restore(settings, store, committed=1800)
@@ -210,3 +225,23 @@ async def test_a_worker_restarted_reads_its_local_store_and_a_new_one_the_change
     assert len(after) == len(before), "a restore published determinations again"
     last = {p: ds[-1] for p, ds in (await published(settings, len(expected))).items()}
     assert last == expected
+
+
+async def test_a_static_member_restarted_gets_its_partitions_back_from_its_store(
+    settings,
+    workers,  # noqa: F811
+    tmp_path,
+):
+    """`CLASSIFIER_GROUP_INSTANCE_ID` (static membership): the local broker accepts it, and the
+    restarted member restores from its local store (what it saves in time is in bench/README)."""
+    records = as_records(feed_lines(20, seed=3))
+    await produce(settings, records)
+    port = workers.start(tmp_path, CLASSIFIER_GROUP_INSTANCE_ID="worker-0")
+    workers.wait_ready()
+    await wait_until_consumed(settings)
+    assert workers.stop(port) in (0, -signal.SIGTERM)
+
+    workers.start(tmp_path, CLASSIFIER_GROUP_INSTANCE_ID="worker-0")
+    workers.wait_ready()
+    restored = workers.metric_totals("painpath_classifier_restored_records_total")
+    assert restored['source="changelog"'] == 0 and restored['source="local"'] == 20
