@@ -10,11 +10,20 @@ hundred events in a backfill is decided a few times, not a hundred.
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from services.classifier.history import PatientHistory
+from services.classifier.metrics import Metrics
+from services.classifier.partition import PartitionState
+from services.classifier.policy import Policy
 from services.classifier.records import DecisionFailure
+from services.classifier.rules import evaluate
 
 YIELD_EVERY = 200  # patients decided between two yields to the event loop
 CAUGHT_UP_RECORDS = 1_000  # below this lag a worker decides at once: latency over batching
@@ -111,3 +120,54 @@ def quarantine_documents(
         json.dumps(head | {"part": number, "events": events}).encode()
         for number, events in enumerate(parts, start=1)
     ]
+
+
+SetAside = Callable[[bytes, int, PartitionState, PatientHistory, Exception, datetime], None]
+
+
+async def decide(
+    dirty: dict[bytes, Dirty],
+    owned: dict[int, PartitionState],
+    policy: Policy,
+    now: datetime,
+    *,
+    touched: Callable[[PatientHistory], None],
+    metrics: Metrics,
+    set_aside: SetAside,
+) -> tuple[list[Decided], int]:
+    """Decide every dirty patient: the determinations to publish (those whose id differs from
+    the last one published), already serialised (a pass over many patients keeps bytes, not
+    object trees), and the events read. A patient whose decision raises goes to `set_aside`
+    (the bulkhead: no rule's bug may stop the worker) and every other one goes on."""
+    changed = []
+    events = 0
+    for done, (key, mark) in enumerate(dirty.items(), start=1):
+        state = owned.get(mark.partition)
+        history = state.patients.get(key) if state is not None else None
+        if history is not None:
+            events += len(history.raw)
+            try:
+                determination = evaluate(history.events, policy, now)
+                value = determination.model_dump_json().encode()
+            except Exception as error:
+                set_aside(key, mark.partition, state, history, error, now)
+            else:
+                touched(history)
+                metrics.decided.inc()
+                if mark.timestamp_ms is not None:
+                    metrics.latency.observe(max(0.0, time.time() - mark.timestamp_ms / 1000))
+                if determination.determination_id != history.published:
+                    changed.append(
+                        Decided(
+                            key,
+                            mark.partition,
+                            value,
+                            determination.determination_id,
+                            determination.status.value,
+                            mark.parent,
+                        )
+                    )
+        if done % YIELD_EVERY == 0:
+            gc.freeze()  # what the pass allocated so far stays out of the collector's way
+            await asyncio.sleep(0)  # health and metrics stay answered during a long pass
+    return changed, events

@@ -25,14 +25,17 @@ published is read back, so nothing is published twice).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from services.classifier.changelog import ChangelogError, ChangelogReader, Marker, decode_state
 from services.classifier.history import PatientHistory
+from services.classifier.partition import PartitionState
 from services.classifier.store import LocalStore, Meta
 from shared.kafka import end_offsets
 from shared.logging import get_logger
@@ -189,3 +192,71 @@ def _rebuild(
             restored.flagged.add(key)
     restored.dirty = set(restored.flagged)
     return restored
+
+
+async def assign(
+    committed: dict[int, int | None],
+    *,
+    options: dict[str, object],
+    state_dir: Path,
+    events_topic: str,
+    changelog_topic: str,
+    determinations_topic: str,
+    policy: str,
+    reevaluate_seconds: float,
+) -> tuple[dict[int, PartitionState], dict[int, Restored]]:
+    """The assigned partitions (with their group offsets) restored: their local stores opened,
+    `restore` run by one reader for all of them, each partition's in-memory state."""
+    started = time.monotonic()
+    stores = {p: LocalStore.open(state_dir, events_topic, p) for p in committed}
+    # "earliest": should a topic's first records ever be gone (compaction, retention changed
+    # by hand), read from the first one kept, never silently from the end.
+    reader = AIOKafkaConsumer(
+        **options, enable_auto_commit=False, fetch_max_wait_ms=50, auto_offset_reset="earliest"
+    )
+    await reader.start()
+    try:
+        restored = await restore(
+            reader,
+            changelog_topic=changelog_topic,
+            determinations_topic=determinations_topic,
+            committed=committed,
+            stores=stores,
+            policy=policy,
+            now=datetime.now(UTC),
+            reevaluate_seconds=reevaluate_seconds,
+        )
+    except BaseException:
+        for store in stores.values():
+            store.close()
+        raise
+    finally:
+        await reader.stop()
+    now = datetime.now(UTC)
+    states = {}
+    for partition, result in restored.items():
+        offset = committed[partition]
+        states[partition] = PartitionState(
+            patients=result.patients,
+            next_offset=0 if result.replay else offset,
+            committed=offset,
+            store=stores[partition],
+            changed=set(result.flagged),  # decided, they are written again without the flag
+            sequence=result.marker.sequence if result.marker else 0,
+            determinations_offset=result.determinations_offset,
+            checkpointed=None if result.replay else offset,
+            reevaluated_at=now if result.reevaluate_all else result.marker.reevaluated_at,
+            published_before=result.published,
+        )
+        if result.replay:
+            log.warning("partition_replayed_from_start", partition=partition)
+        log.info(
+            "partition_restored",
+            partition=partition,
+            patients=len(result.patients),
+            dirty=len(result.dirty),
+            replay=result.replay,
+            seconds=round(time.monotonic() - started, 3),
+            **{f"{source}_records": count for source, count in result.counts.items()},
+        )
+    return states, restored

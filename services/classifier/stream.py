@@ -16,10 +16,10 @@ README ("The streaming classifier"). This module wires the parts, each a module 
   (quarantined): counted, logged without its id, dead-lettered, and every other patient goes on.
 - **Delivery** (`delivery`): after each batch, dead letters and determinations are acknowledged
   by the broker (`acks=all`), with the ownership fence before determinations.
-- **State** (`changelog`, `store`): each owned partition's histories live in memory, in a local
-  RocksDB store, and in the changelog topic `painpath.classifier.changelog.v1`. A **checkpoint**
-  writes one changelog record per patient changed since the previous checkpoint (its whole
-  state), then a marker; once acknowledged, the local store is written and only then are the
+- **State** (`changelog`, `store`, `checkpoint`): each owned partition's histories live in
+  memory, in a local RocksDB store, and in the changelog topic
+  `painpath.classifier.changelog.v1`. A **checkpoint** writes one changelog record per
+  patient changed since the previous checkpoint (its whole state), then a marker; once acknowledged, the local store is written and only then are the
   input offsets the checkpoint covers committed. A checkpoint is taken when every dirty patient
   is decided (at most every `CLASSIFIER_CHECKPOINT_SECONDS`), at least every
   `CLASSIFIER_CHECKPOINT_MAX_SECONDS` during a backlog, when partitions are revoked and when the
@@ -37,28 +37,21 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.partitioner import murmur2
 
-from services.classifier.changelog import (
-    MARKER_KEY,
-    Marker,
-    PatientState,
-    encode_state,
-    patient_records,
-)
+from services.classifier.checkpoint import changes, checkpoint_due, write_checkpoint
 from services.classifier.decisions import (
     CAUGHT_UP_RECORDS,
     QUARANTINE,
     QUARANTINE_FIELD,
-    YIELD_EVERY,
     Decided,
     Dirty,
     PassCost,
+    decide,
     decision_due,
     quarantine_documents,
     quarantine_reason,
@@ -69,9 +62,7 @@ from services.classifier.metrics import Metrics
 from services.classifier.partition import ParsedCache, PartitionState
 from services.classifier.policy import Policy
 from services.classifier.records import DecisionFailure, Rejection, read_record
-from services.classifier.restore import restore
-from services.classifier.rules import evaluate
-from services.classifier.store import LocalStore, Meta
+from services.classifier.restore import assign
 from shared import dead_letter, tracing
 from shared.kafka import client_options
 from shared.logging import get_logger
@@ -388,45 +379,19 @@ class Classifier:
         return events
 
     async def _decide_dirty(self) -> list[Decided]:
-        """Decide every dirty patient; return the determinations to publish (changed ones),
-        already serialised: a pass over many patients keeps bytes, not object trees."""
+        """Decide every dirty patient (`decisions.decide`); the changed determinations."""
         started = time.monotonic()
         dirty, self.dirty, self.dirty_since = self.dirty, {}, None
         self._dirty_events_at = (-1e9, 0)
-        now = self.clock()
-        changed = []
-        events = 0
-        for done, (key, mark) in enumerate(dirty.items(), start=1):
-            state = self.owned.get(mark.partition)
-            history = state.patients.get(key) if state is not None else None
-            if history is not None:
-                events += len(history.raw)
-                try:  # the bulkhead: no rule's bug may stop the worker (see the module doc)
-                    determination = evaluate(history.events, self.policy, now)
-                    value = determination.model_dump_json().encode()
-                except Exception as error:
-                    self._quarantine(key, mark.partition, state, history, error, now)
-                else:
-                    self.parsed.touch(history)
-                    self.metrics.decided.inc()
-                    if mark.timestamp_ms is not None:
-                        self.metrics.latency.observe(
-                            max(0.0, time.time() - mark.timestamp_ms / 1000)
-                        )
-                    if determination.determination_id != history.published:
-                        changed.append(
-                            Decided(
-                                key,
-                                mark.partition,
-                                value,
-                                determination.determination_id,
-                                determination.status.value,
-                                mark.parent,
-                            )
-                        )
-            if done % YIELD_EVERY == 0:
-                gc.freeze()  # what the pass allocated so far stays out of the collector's way
-                await asyncio.sleep(0)  # health and metrics stay answered during a long pass
+        changed, events = await decide(
+            dirty,
+            self.owned,
+            self.policy,
+            self.clock(),
+            touched=self.parsed.touch,
+            metrics=self.metrics,
+            set_aside=self._quarantine,
+        )
         self.pass_cost.observe(events, time.monotonic() - started)
         self.metrics.dirty.set(len(self.dirty))
         return changed
@@ -555,73 +520,34 @@ class Classifier:
     # -- checkpoints ---------------------------------------------------------------------------
 
     def _checkpoint_due(self) -> bool:
-        if not any(
-            state.changed or state.checkpointed != state.next_offset
-            for state in self.owned.values()
-        ):
-            return False
-        since = time.monotonic() - self._last_checkpoint
-        if since >= self.settings.classifier_checkpoint_max_seconds:
-            return True
-        return not self.dirty and since >= self.settings.classifier_checkpoint_seconds
+        return checkpoint_due(
+            self.owned,
+            waiting=bool(self.dirty),
+            since=time.monotonic() - self._last_checkpoint,
+            every=self.settings.classifier_checkpoint_seconds,
+            at_least_every=self.settings.classifier_checkpoint_max_seconds,
+        )
 
     async def _checkpoint(self) -> bool:
-        """For each owned partition with changes: one changelog record per changed patient and
-        a marker, acknowledged; then the local store; then (the caller) the offsets committed.
-        False when the fence failed: nothing was written."""
-        started = time.monotonic()
-        self._last_checkpoint = started
-        pending = {
-            partition: state
-            for partition, state in self.owned.items()
-            if state.changed or state.checkpointed != state.next_offset
-        }
-        if not pending:
+        """A checkpoint of every owned partition with changes (`checkpoint.write`), behind the
+        ownership fence; the caller commits the offsets it covers. False when the fence failed:
+        nothing was written."""
+        started = self._last_checkpoint = time.monotonic()
+        if not any(changes(state) for state in self.owned.values()):
             return True
         if not await self._commit(self._fence()):
             return False
-        written = {}
-        records = 0
-        for partition, state in pending.items():
-            state.sequence += 1
-            documents = {}
-            for key in state.changed:
-                history = state.patients.get(key)
-                if history is None:
-                    continue
-                document = encode_state(
-                    PatientState(
-                        history.raw,
-                        history.published,
-                        dirty=key in self.dirty,
-                        quarantined=key in state.quarantined,
-                    )
-                )
-                documents[key] = document
-                for record_key, value in patient_records(key, document, state.sequence):
-                    self._send(self.changelog_topic, value, key=record_key, partition=partition)
-                    records += 1
-            marker = Marker(
-                checkpoint_id=uuid.uuid4().hex,
-                sequence=state.sequence,
-                input_offset=state.next_offset,
-                determinations_offset=state.determinations_offset,
-                policy=self.policy.id,
-                reevaluated_at=state.reevaluated_at,
-            )
-            queued = self._send(
-                self.changelog_topic, marker.encode(), key=MARKER_KEY, partition=partition
-            )
-            written[partition] = (queued, marker, documents)
-            state.changed = set()
-        await self._flush()
-        for partition, (queued, marker, documents) in written.items():
-            state = self.owned[partition]
-            if state.store is not None:
-                state.store.write(documents, Meta(marker, offset_of(queued) + 1))
-            state.checkpointed = marker.input_offset
+        records = await write_checkpoint(
+            self.owned,
+            waiting=self.dirty.keys(),
+            policy=self.policy.id,
+            send=lambda value, key, partition: self._send(
+                self.changelog_topic, value, key=key, partition=partition
+            ),
+            flush=self._flush,
+        )
         self.metrics.checkpoints.inc()
-        self.metrics.changelog_records.inc(records + len(written))
+        self.metrics.changelog_records.inc(records)
         self.metrics.checkpoint_seconds.observe(time.monotonic() - started)
         return True
 
@@ -663,70 +589,28 @@ class Classifier:
                 self.restoring = False
 
     async def _restore(self, committed: dict[int, int | None]) -> dict[int, PartitionState]:
+        """The assigned partitions' states (`restore.assign`); every one marked to decide
+        again is dirty, and a partition without a checkpoint is read again from its start."""
         started = time.monotonic()
-        stores = {
-            partition: LocalStore.open(self.state_dir, self.events_topic, partition)
-            for partition in committed
-        }
-        # "earliest": should a topic's first records ever be gone (compaction, retention
-        # changed by hand), read from the first one kept, never silently from the end.
-        reader = AIOKafkaConsumer(
-            **self._options(),
-            enable_auto_commit=False,
-            fetch_max_wait_ms=50,
-            auto_offset_reset="earliest",
+        states, restored = await assign(
+            committed,
+            options=self._options(),
+            state_dir=self.state_dir,
+            events_topic=self.events_topic,
+            changelog_topic=self.changelog_topic,
+            determinations_topic=self.determinations_topic,
+            policy=self.policy.id,
+            reevaluate_seconds=self.settings.classifier_reevaluate_seconds,
         )
-        await reader.start()
-        try:
-            restored = await restore(
-                reader,
-                changelog_topic=self.changelog_topic,
-                determinations_topic=self.determinations_topic,
-                committed=committed,
-                stores=stores,
-                policy=self.policy.id,
-                now=datetime.now(UTC),
-                reevaluate_seconds=self.settings.classifier_reevaluate_seconds,
-            )
-        except BaseException:
-            for store in stores.values():
-                store.close()
-            raise
-        finally:
-            await reader.stop()
         traceparent = tracing.continue_trace(None)
-        states = {}
-        now = datetime.now(UTC)
         for partition, result in restored.items():
-            offset = committed[partition]
-            state = states[partition] = PartitionState(
-                patients=result.patients,
-                next_offset=0 if result.replay else offset,
-                committed=offset,
-                store=stores[partition],
-                sequence=result.marker.sequence if result.marker else 0,
-                determinations_offset=result.determinations_offset,
-                checkpointed=None if result.replay else offset,
-                reevaluated_at=now if result.reevaluate_all else result.marker.reevaluated_at,
-                published_before=result.published,
-            )
             if result.replay:
                 self.consumer.seek(TopicPartition(self.events_topic, partition), 0)
                 self.metrics.replays.inc()
-                log.warning("partition_replayed_from_start", partition=partition)
             for key in result.dirty:
                 self._mark_dirty(key, partition, traceparent, None)
-            state.changed |= result.flagged  # decided, they are written again without the flag
             for source, count in result.counts.items():
                 self.metrics.restored_records.labels(source).inc(count)
-            log.info(
-                "partition_restored",
-                partition=partition,
-                patients=len(state.patients),
-                dirty=len(result.dirty),
-                replay=result.replay,
-                **{f"{source}_records": count for source, count in result.counts.items()},
-            )
         seconds = time.monotonic() - started
         self.metrics.restores.inc(len(states))
         self.metrics.restore_seconds.observe(seconds)

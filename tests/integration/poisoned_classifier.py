@@ -12,9 +12,9 @@ POISON_PREFIX = "pt-poison-"
 
 
 def _poison() -> None:
-    import services.classifier.stream as stream
+    import services.classifier.decisions as decisions
 
-    real = stream.evaluate
+    real = decisions.evaluate
 
     def evaluate(events, policy, as_of):
         events = list(events)
@@ -22,7 +22,7 @@ def _poison() -> None:
             raise OverflowError("date value out of range")
         return real(events, policy, as_of)
 
-    stream.evaluate = evaluate
+    decisions.evaluate = evaluate
 
 
 if __name__ == "__main__":

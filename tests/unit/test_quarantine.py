@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from structlog.testing import capture_logs
 
+import services.classifier.decisions as decisions
 import services.classifier.stream as stream
 from services.classifier.decisions import DEAD_LETTER_BYTES, quarantine_documents
 from services.classifier.history import PatientHistory
@@ -101,7 +102,7 @@ def classifier(monkeypatch) -> Classifier:
             assert admit(worker, Record(patient, score(patient, number), offset)) is not None
             offset += 1
     worker.owned[PARTITION].next_offset = offset
-    real = stream.evaluate
+    real = decisions.evaluate
 
     def evaluate(events, policy, as_of):
         events = list(events)
@@ -109,7 +110,7 @@ def classifier(monkeypatch) -> Classifier:
             return datetime(1, 1, 1) - timedelta(days=1)  # raises OverflowError, as a rule might
         return real(events, policy, as_of)
 
-    monkeypatch.setattr(stream, "evaluate", evaluate)
+    monkeypatch.setattr(decisions, "evaluate", evaluate)
     return worker
 
 
