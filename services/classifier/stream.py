@@ -18,12 +18,12 @@ README ("The streaming classifier"). This module wires the parts, each a module 
   by the broker (`acks=all`), with the ownership fence before determinations.
 - **State** (`changelog`, `store`, `checkpoint`): each owned partition's histories live in
   memory, in a local RocksDB store, and in the changelog topic
-  `painpath.classifier.changelog.v1`. A **checkpoint** writes one changelog record per
-  patient changed since the previous checkpoint (its whole state), then a marker; once acknowledged, the local store is written and only then are the
-  input offsets the checkpoint covers committed. A checkpoint is taken when every dirty patient
-  is decided (at most every `CLASSIFIER_CHECKPOINT_SECONDS`), at least every
-  `CLASSIFIER_CHECKPOINT_MAX_SECONDS` during a backlog, when partitions are revoked and when the
-  worker stops.
+  `painpath.classifier.changelog.v1`. A **checkpoint** writes one changelog record per patient
+  changed since the previous checkpoint (its whole state), then a marker; once acknowledged, the
+  local store is written, and only then are the input offsets the checkpoint covers committed.
+  A checkpoint is taken when every dirty patient is decided (at most every
+  `CLASSIFIER_CHECKPOINT_SECONDS`), at least every `CLASSIFIER_CHECKPOINT_MAX_SECONDS` during a
+  backlog, when partitions are revoked and when the worker stops.
 - **Restore** (`restore`): an assigned partition is rebuilt from its local store and the
   changelog's tail past it (the whole changelog for a worker that never held it), then the
   determinations published since the checkpoint; patients waiting for a decision at the
