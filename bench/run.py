@@ -7,12 +7,17 @@ ports, then measures, each phase on its own topics (a `KAFKA_TOPIC_PREFIX`) and 
 2. the classifier, one worker then two, on a backfill of N simulated events already on
    pain.events.v1 (produced before the clock starts), from starting the workers' processes to
    the group's lag reaching 0; and that the last determination per patient equals the offline
-   reference;
-3. the gateway's ingest rate with batches of 500;
-4. end-to-end latency at a steady rate through gateway, classifiers and coordinator;
-5. every service process's peak memory (VmHWM).
+   reference; the one worker's RSS per admitted event, its restart, and a takeover of its
+   partitions by a new worker with an empty state directory;
+3. the whole pipeline: N events already on pain.events.v1 until every determination, timeline
+   entry and task change is in PostgreSQL and published (two workers, one coordinator);
+4. the gateway's ingest rate with batches of 500;
+5. end-to-end latency at a steady rate through gateway, classifiers and coordinator, then again
+   while the same workers consume a backfill of N events;
+6. every service process's peak memory (VmHWM).
 
-Writes `<results-dir>/<UTC timestamp>.json` and `.png` and prints a table. See bench/README.md.
+Writes `<results-dir>/<UTC timestamp>.json` and `.png` and prints a table of the figures, their
+targets and the previous results file's. See bench/README.md.
 """
 
 from __future__ import annotations
