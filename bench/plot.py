@@ -1,4 +1,5 @@
-"""The benchmark's PNG: throughputs against the ceiling, classifier progress, latency, memory."""
+"""The benchmark's PNG: throughputs against the ceiling, classifier progress, the pipeline's lags,
+latency (steady and during a backfill), memory, and issue 12's figures against their targets."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figures = result.get("figures", {})
-    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+    fig, axes = plt.subplots(2, 3, figsize=(19, 9))
     fig.suptitle(
         f"painpath bench {result.get('timestamp', '')}: {result.get('backfill_events', 0):,}"
         f" backfill events, {result.get('machine', {}).get('cores', '?')} cores (shared, noisy)"
@@ -61,17 +62,22 @@ def plot(result: dict, path: Path) -> None:
     if progress.get_legend_handles_labels()[0]:
         progress.legend(fontsize=8)
 
+    _pipeline(axes[0][2], result.get("pipeline", {}))
+
     latency = axes[1][0]
     e2e = result.get("latency", {})
-    for key, label in (
-        ("latency_samples_ms", "event → determination processed"),
-        ("task_samples_ms", "request → first task change"),
+    during = e2e.get("during_backfill", {})
+    for source, key, label in (
+        (e2e, "latency_samples_ms", "event → determination processed"),
+        (e2e, "task_samples_ms", "request → first task change"),
+        (during, "latency_samples_ms", "event → determination, during a backfill"),
     ):
-        samples = [value for value in e2e.get(key) or [] if value > 0]  # log scale
+        samples = [value for value in source.get(key) or [] if value > 0]  # log scale
         if samples:
             share = [(n + 1) / len(samples) for n in range(len(samples))]
             latency.plot(samples, share, label=f"{label} (n={len(samples):,})")
     latency.axvline(250, color="#c44e52", linestyle="--", label="target p99: 250 ms")
+    latency.axvline(500, color="#dd8452", linestyle="--", label="target p99, task: 500 ms")
     latency.axhline(0.99, color="grey", linewidth=0.5)
     latency.set_xscale("log")
     latency.set_xlabel("ms after the gateway's 202")
@@ -88,7 +94,52 @@ def plot(result: dict, path: Path) -> None:
     memory.set_xlabel("peak RSS (MiB)")
     memory.set_title("memory per process")
 
+    _against_targets(axes[1][2], result.get("targets") or [])
+
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _pipeline(axis, pipeline: dict) -> None:
+    """What each stage still had to do, over the pipeline's run."""
+    columns, samples = pipeline.get("lag_columns") or [], pipeline.get("lag_samples") or []
+    if samples:
+        seconds = [sample[0] for sample in samples]
+        for index, name in enumerate(columns):
+            if index < 2:  # the time, and the classifiers' counter
+                continue
+            label = {
+                "classifier": "classifier: events not committed",
+                "coordinator": "coordinator: determinations not applied",
+                "timeline": "coordinator: events not in the timeline",
+                "outbox": "outbox: task changes not published",
+            }.get(name, name)
+            axis.plot(seconds, [sample[index] for sample in samples], label=label)
+        axis.legend(fontsize=8)
+    axis.set_xlabel("seconds since the services were started (events already produced)")
+    axis.set_ylabel("records behind")
+    axis.set_title(f"whole pipeline, {pipeline.get('events', 0):,} events")
+
+
+def _against_targets(axis, targets: list[dict]) -> None:
+    """Each target's figure as a multiple of its goal, the right way up: above 1 is met."""
+    rows = []
+    for target in targets:
+        value, goal = target.get("value"), target.get("goal")
+        if value is None or not goal or value <= 0:
+            continue
+        higher = target.get("higher_is_better")
+        rows.append((str(target["key"]), value / goal if higher else goal / value))
+    if rows:
+        names = [name for name, _ in rows]
+        margins = [margin for _, margin in rows]
+        colours = ["#55a868" if margin >= 1 else "#c44e52" for margin in margins]
+        axis.barh(names, margins, color=colours)
+        axis.axvline(1, color="black", linewidth=0.8)
+        axis.set_xscale("log")
+        axis.tick_params(axis="y", labelsize=8)
+        axis.invert_yaxis()  # in the table's order
+    axis.set_xlabel("times better than the target (log; ≥ 1: met)")
+    axis.set_title("figures against their targets")

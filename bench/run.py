@@ -7,12 +7,17 @@ ports, then measures, each phase on its own topics (a `KAFKA_TOPIC_PREFIX`) and 
 2. the classifier, one worker then two, on a backfill of N simulated events already on
    pain.events.v1 (produced before the clock starts), from starting the workers' processes to
    the group's lag reaching 0; and that the last determination per patient equals the offline
-   reference;
-3. the gateway's ingest rate with batches of 500;
-4. end-to-end latency at a steady rate through gateway, classifiers and coordinator;
-5. every service process's peak memory (VmHWM).
+   reference; the one worker's RSS per admitted event, its restart, and a takeover of its
+   partitions by a new worker with an empty state directory;
+3. the whole pipeline: N events already on pain.events.v1 until every determination, timeline
+   entry and task change is in PostgreSQL and published (two workers, one coordinator);
+4. the gateway's ingest rate with batches of 500;
+5. end-to-end latency at a steady rate through gateway, classifiers and coordinator, then again
+   while the same workers consume a backfill of N events;
+6. every service process's peak memory (VmHWM).
 
-Writes `<results-dir>/<UTC timestamp>.json` and `.png` and prints a table. See bench/README.md.
+Writes `<results-dir>/<UTC timestamp>.json` and `.png` and prints a table of the figures, their
+targets and the previous results file's. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -48,8 +53,13 @@ from rich.table import Table
 
 from bench.measure import (
     ONE_MILLION,
+    bytes_per_event,
     check_targets,
+    comparison_rows,
     idle_until,
+    metric_value,
+    per_million,
+    projected_1m,
     rate,
     ratio,
     summarize_latencies,
@@ -65,10 +75,15 @@ from bench.services import (
     peak_rss_bytes,
     produce,
     read_all,
+    relabel,
+    rss_bytes,
 )
 from painpath.summary import wait_until_settled
 from services.classifier.stream import GROUP as CLASSIFIER_GROUP
+from services.coordinator.app import GROUP as COORDINATOR_GROUP
+from services.coordinator.app import TIMELINE_GROUP
 from shared.kafka import group_lag
+from shared.settings import Settings
 from shared.topics import DETERMINATIONS, EVENTS
 
 EVENTS_PER_PATIENT = 67  # what the simulator averages (README)
@@ -139,14 +154,17 @@ async def ceiling(bench: Bench, topic: str, total: int, progress: Progress) -> d
 # --- 2. the classifier ----------------------------------------------------------------------
 
 
-async def metric_total(client: httpx.AsyncClient, services: list[Service], name: str) -> float:
-    """A metric summed over its labels and the workers."""
+async def metric_total(
+    client: httpx.AsyncClient,
+    services: list[Service],
+    name: str,
+    labels: dict[str, str] | None = None,
+) -> float:
+    """A metric summed over the workers, and over its labels but those given."""
     total = 0.0
     for service in services:
         text = (await client.get(service.url + "/metrics")).text
-        for line in text.splitlines():
-            if line.startswith((name + "{", name + " ")):
-                total += float(line.rsplit(" ", 1)[1])
+        total += metric_value(text, name, labels)
     return total
 
 
@@ -194,6 +212,9 @@ async def classifier_run(
             service.start()
         profiler = None
         deadline = started + max(600.0, total / 100)
+        # The first worker's RSS with no state yet: read at each sample before the first record
+        # is counted (read before the counter, so no record was counted when it was read).
+        state_less_rss: tuple[float, int | None] | None = None
         async with httpx.AsyncClient(timeout=10) as client:
             processed = 0.0
             while processed < total:
@@ -201,11 +222,14 @@ async def classifier_run(
                 for service in services:
                     if service.process.poll() is not None:
                         raise PhaseError(f"{service.name} exited: see {folder}")
+                rss_now = rss_bytes(services[0].process.pid)
                 try:
                     processed = await processed_total(client, services)
                 except httpx.TransportError:
                     continue  # still starting
                 now = time.monotonic()
+                if not processed:
+                    state_less_rss = (now - started, rss_now)
                 samples.append((now - started, processed))
                 progress.update(task, completed=processed, description=f"{label}: classifying")
                 if profiler is None and profile_seconds > 0 and processed:
@@ -221,6 +245,8 @@ async def classifier_run(
                     raise PhaseError(f"{label}: the group still lags {behind} records")
                 await asyncio.sleep(0.25)
             lag_zero = time.monotonic() - started
+            if workers == 1:
+                result["memory"] = await memory_per_event(client, services[0], state_less_rss)
             # Who had the CPU meanwhile: the workers and the broker share the machine's cores.
             broker_cpu = cpu_seconds(bench.broker_pid)
             result["cpu_seconds"] = {
@@ -251,11 +277,44 @@ async def classifier_run(
         if workers == 1:
             progress.update(task, description=f"{label}: restarting the worker")
             result["restart"] = await restart(services[0])
+            progress.update(task, description=f"{label}: takeover by a new worker")
+            newcomer = bench.classifier("classifier-takeover", env, folder)
+            services.append(newcomer)
+            result["takeover"] = await takeover(newcomer, total)
     finally:
         for service in services:
             service.stop()
         result["peak_rss_bytes"] = {service.name: service.peak_rss for service in services}
     return result
+
+
+async def memory_per_event(
+    client: httpx.AsyncClient, worker: Service, state_less: tuple[float, int | None] | None
+) -> dict:
+    """The worker's peak RSS (VmHWM, now that it has admitted the whole backfill) minus its RSS
+    with no state (the last sample before its first record), over the events it admitted
+    (`painpath_classifier_events_total{outcome="new"}`; duplicates and dead letters add no
+    state)."""
+    admitted = await metric_total(
+        client, [worker], "painpath_classifier_events_total", {"outcome": "new"}
+    )
+    peak = peak_rss_bytes(worker.process.pid)
+    at, baseline = state_less if state_less else (None, None)
+    memory = {
+        "state_less_rss_bytes": baseline,
+        "state_less_rss_at_s": None if at is None else round(at, 2),
+        "peak_rss_bytes": peak,
+        "events_admitted": int(admitted),
+        "bytes_per_event": bytes_per_event(peak, baseline, admitted),
+    }
+    if memory["bytes_per_event"] is None:
+        memory["errors"] = [
+            "classifier_rss_bytes_per_event: not measured"
+            + (" (no sample before the first record)" if baseline is None else "")
+            + (" (no peak RSS)" if peak is None else "")
+            + (" (no event admitted)" if admitted <= 0 else "")
+        ]
+    return memory
 
 
 async def restart(service: Service) -> dict:
@@ -274,13 +333,25 @@ async def restart(service: Service) -> dict:
     return {"seconds_to_ready": round(ready, 2), "restore_seconds": round(restoring, 2)}
 
 
-def _figure_text(value: float, unit: str) -> str:
-    """Ratios to 3 significant digits, seconds to a tenth, rates and milliseconds whole."""
-    if unit == "×":
-        return f"{value:,.3g}"
-    if unit == "s":
-        return f"{value:,.1f}"
-    return f"{value:,.0f}"
+async def takeover(newcomer: Service, events: int) -> dict:
+    """A worker that never held the partitions, with an empty state directory, takes them all
+    (the worker that held the backfill has stopped): seconds from its start to ready, and per
+    million events of the backfill."""
+    started = time.monotonic()
+    newcomer.start()
+    await newcomer.wait_ready(timeout=600)
+    ready = time.monotonic() - started
+    async with httpx.AsyncClient(timeout=10) as client:
+        restoring = await metric_total(
+            client, [newcomer], "painpath_classifier_restore_seconds_sum"
+        )
+    newcomer.stop()
+    return {
+        "events": events,
+        "seconds_to_ready": round(ready, 2),
+        "restore_seconds": round(restoring, 2),
+        "seconds_to_ready_per_1m": per_million(ready, events),
+    }
 
 
 def _median(values: list[float]) -> float | None:
@@ -370,6 +441,118 @@ def compare(expected: dict[bytes, dict], got: dict[bytes, bytes]) -> dict:
     }
 
 
+# --- the whole pipeline -------------------------------------------------------------------
+
+
+async def pipeline_lags(settings: Settings, bench: Bench, database_url: str) -> dict[str, int]:
+    """What is not through yet, looked at in the pipeline's order (the classifier commits an
+    event once its determination is published; the coordinator a determination once its task
+    changes are in the outbox), so that all zero means all done: records the classifier's
+    group, the coordinator's two groups and the outbox relay have not finished."""
+    servers = bench.bootstrap_servers
+    prefix = settings.kafka_topic_prefix
+    lags = {
+        "classifier": await group_lag(settings, servers, f"{prefix}{CLASSIFIER_GROUP}", EVENTS),
+        "coordinator": await group_lag(
+            settings, servers, f"{prefix}{COORDINATOR_GROUP}", DETERMINATIONS
+        ),
+        "timeline": await group_lag(settings, servers, f"{prefix}{TIMELINE_GROUP}", EVENTS),
+    }
+    connection = await asyncpg.connect(database_url)
+    try:
+        lags["outbox"] = await connection.fetchval(
+            "SELECT count(*) FROM outbox WHERE published_at IS NULL"
+        )
+    finally:
+        await connection.close()
+    return lags
+
+
+async def pipeline_run(
+    bench: Bench, records: list[Record], classifiers: int, progress: Progress
+) -> dict:
+    """N events on pain.events.v1 before the clock starts; then two classifier workers and one
+    coordinator are started, and the clock runs until every event is in the timeline, every
+    determination applied and every task change published."""
+    prefix = f"bench{secrets.token_hex(3)}pipe."
+    database_url = await bench.database("bench_pipeline")
+    settings = await bench.settings(prefix, database_url)
+    folder = bench.work_dir / "pipeline"
+    env = bench.env(prefix, database_url, folder / "state")
+    workers = [bench.classifier(f"classifier-{n + 1}", env, folder) for n in range(classifiers)]
+    services = [bench.coordinator(env, folder), *workers]
+    total = len(records)
+    task = progress.add_task("pipeline: producing the events", total=total)
+    samples: list[list[float]] = []
+    try:
+        await produce(
+            bench.bootstrap_servers,
+            EVENTS.full_name(prefix),
+            records,
+            advance=lambda count: progress.advance(task, count),
+        )
+        progress.update(task, completed=0, description="pipeline: starting")
+        started = time.monotonic()
+        for service in services:
+            service.start()
+        limit = max(600.0, total / 250)
+        async with httpx.AsyncClient(timeout=10) as client:
+            while True:
+                await asyncio.sleep(1.0)
+                for service in services:
+                    if service.process.poll() is not None:
+                        raise PhaseError(f"{service.name} exited: see {folder}")
+                try:
+                    processed = await processed_total(client, workers)
+                except httpx.TransportError:
+                    processed = 0.0  # still starting
+                lags = await pipeline_lags(settings, bench, database_url)
+                now = time.monotonic() - started
+                samples.append([round(now, 2), int(processed), *lags.values()])
+                progress.update(
+                    task,
+                    completed=total - max(lags["classifier"], lags["timeline"]),
+                    description="pipeline: lag {classifier}, {coordinator}, {timeline}; outbox"
+                    " {outbox}".format(**lags),
+                )
+                if not any(lags.values()) and processed:
+                    break
+                if now > limit:
+                    raise PhaseError(f"pipeline: still behind after {now:.0f} s: {lags}")
+        seconds = samples[-1][0]
+        counts = await pipeline_counts(database_url)
+    finally:
+        for service in reversed(services):
+            service.stop()
+    startup = idle_until([(at, count) for at, count, *_ in samples])
+    one_million, projected = projected_1m(seconds, startup, total)
+    return {
+        "events": total,
+        "classifiers": classifiers,
+        "topic_prefix": prefix,
+        "seconds": seconds,
+        "seconds_to_first_record": startup,
+        "eps": rate(total, seconds),
+        "seconds_1m": one_million,
+        "projected": projected,
+        "stored": counts,
+        "lag_columns": ["seconds", "classified", "classifier", "coordinator", "timeline", "outbox"],
+        "lag_samples": samples,
+        "peak_rss_bytes": {service.name: service.peak_rss for service in services},
+    }
+
+
+async def pipeline_counts(database_url: str) -> dict[str, int]:
+    connection = await asyncpg.connect(database_url)
+    try:
+        return {
+            table: await connection.fetchval(f"SELECT count(*) FROM {table}")  # noqa: S608
+            for table in ("determinations", "patient_events", "tasks", "outbox")
+        }
+    finally:
+        await connection.close()
+
+
 # --- 3. the gateway -------------------------------------------------------------------------
 
 
@@ -436,7 +619,11 @@ async def latency_run(
     batch_size: int,
     classifiers: int,
     progress: Progress,
+    backfill: Callable[[], list[Record]] | None = None,
 ) -> dict:
+    """The steady feed posted at `events_per_second` through gateway, classifiers and
+    coordinator; then, with `backfill`, the same again (its events relabelled) while the same
+    workers consume a backfill produced onto pain.events.v1 right before."""
     prefix = f"bench{secrets.token_hex(3)}e2e."
     database_url = await bench.database("bench_latency")
     settings = await bench.settings(prefix, database_url)
@@ -451,27 +638,119 @@ async def latency_run(
     wanted = int(events_per_second * seconds)
     if len(lines) < wanted:
         raise PhaseError(f"the latency feed has {len(lines)} events, {wanted} are needed")
-    batches = [lines[i : i + batch_size] for i in range(0, wanted, batch_size)]
-    interval = batch_size / events_per_second
-    task = progress.add_task("end-to-end: starting", total=len(batches) * batch_size)
-    posted: list[dict] = []
-    failures = 0
+    steady = SteadyFeed(gateway, bench.api_key, events_per_second, batch_size)
+    result: dict = {
+        "target_eps": events_per_second,
+        "batch_size": batch_size,
+        "classifiers": classifiers,
+    }
     try:
         for service in services:
             service.start()
         for service in services:
             await service.wait_ready()
-        progress.update(task, description=f"end-to-end: {events_per_second:g} events/s")
-        headers = {"X-API-Key": bench.api_key, "Content-Type": "application/json"}
+        posted = await steady.post(lines[:wanted], progress, "end-to-end")
+        result["settled_seconds_after_last_post"] = await settled(settings, bench, database_url)
+        during: dict | None = None
+        if backfill is not None:
+            try:
+                during = await steady_during_backfill(
+                    steady,
+                    relabel(lines[:wanted], "e2e-"),
+                    backfill(),
+                    settings,
+                    bench,
+                    database_url,
+                    progress,
+                )
+            except Exception as error:  # noqa: BLE001 - the steady figures stand without it
+                during = {"errors": [f"latency during a backfill: {type(error).__name__}: {error}"]}
+        found = await first_seen(database_url)
+    finally:
+        for service in reversed(services):
+            service.stop()
+    result |= steady.figures(posted, found)
+    if during is not None:
+        if "posted" in during:
+            during |= steady.figures(during.pop("posted"), found)
+        result["during_backfill"] = during
+    result["peak_rss_bytes"] = {service.name: service.peak_rss for service in services}
+    return result
+
+
+async def settled(settings: Settings, bench: Bench, database_url: str, events: int = 0) -> float:
+    """Seconds until both consumer groups have lag 0 and the outbox is published."""
+    try:
+        waited = await wait_until_settled(
+            settings,
+            bench.bootstrap_servers,
+            database_url,
+            timeout=max(600.0, events / 250),
+            interval=0.5,
+        )
+    except TimeoutError as error:
+        raise PhaseError(str(error)) from None
+    return round(waited, 2)
+
+
+async def steady_during_backfill(
+    steady: SteadyFeed,
+    lines: list[str],
+    backfill: list[Record],
+    settings: Settings,
+    bench: Bench,
+    database_url: str,
+    progress: Progress,
+) -> dict:
+    """The backfill produced onto the phase's pain.events.v1, then at once the steady feed."""
+    task = progress.add_task("end-to-end: producing a backfill", total=len(backfill))
+    produce_started = time.monotonic()
+    await produce(
+        bench.bootstrap_servers,
+        EVENTS.full_name(settings.kafka_topic_prefix),
+        backfill,
+        advance=lambda count: progress.advance(task, count),
+    )
+    produce_seconds = round(time.monotonic() - produce_started, 2)
+    posted = await steady.post(lines, progress, "end-to-end, during the backfill")
+    group = f"{settings.kafka_topic_prefix}{CLASSIFIER_GROUP}"
+    backlog = await group_lag(settings, bench.bootstrap_servers, group, EVENTS)
+    waited = await settled(settings, bench, database_url, len(backfill))
+    return {
+        "backfill_events": len(backfill),
+        "produce_seconds": produce_seconds,
+        "classifier_lag_after_last_post": backlog,
+        "settled_seconds_after_last_post": waited,
+        "posted": posted,
+    }
+
+
+class SteadyFeed:
+    """Posts a feed to the gateway at a steady rate, in requests of `batch_size` events, each
+    with a trace of its own, and keeps what each request's answer accepted and when."""
+
+    def __init__(self, gateway: Service, api_key: str, events_per_second: float, batch_size: int):
+        self.gateway = gateway
+        self.headers = {"X-API-Key": api_key, "Content-Type": "application/json"}
+        self.events_per_second = events_per_second
+        self.batch_size = batch_size
+
+    async def post(self, lines: list[str], progress: Progress, label: str) -> dict:
+        size = self.batch_size
+        batches = [lines[i : i + size] for i in range(0, len(lines), size)]
+        interval = size / self.events_per_second
+        task = progress.add_task(f"{label}: {self.events_per_second:g} events/s", total=len(lines))
+        requests: list[dict] = []
+        failures = 0
 
         async def post(client: httpx.AsyncClient, batch: list[str]) -> None:
             nonlocal failures
             trace_id = secrets.token_hex(16)
             sent = time.time()
             response = await client.post(
-                gateway.url + "/v1/events",
+                self.gateway.url + "/v1/events",
                 content=("[" + ",".join(batch) + "]").encode(),
-                headers=headers | {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"},
+                headers=self.headers | {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"},
             )
             answered = time.time()
             progress.advance(task, len(batch))
@@ -484,7 +763,7 @@ async def latency_run(
                 for item in response.json()["results"]
                 if item["status"] == "accepted"
             ]
-            posted.append(
+            requests.append(
                 {"trace_id": trace_id, "sent": sent, "answered": answered, "accepted": accepted}
             )
 
@@ -496,48 +775,44 @@ async def latency_run(
                 running.append(asyncio.create_task(post(client, batch)))
             await asyncio.gather(*running)
             sending = time.monotonic() - started
-        progress.update(task, description="end-to-end: waiting until settled")
-        try:
-            settled = await wait_until_settled(
-                settings, bench.bootstrap_servers, database_url, timeout=600, interval=0.5
-            )
-        except TimeoutError as error:
-            raise PhaseError(str(error)) from None
-        found = await first_seen(database_url)
-    finally:
-        for service in reversed(services):
-            service.stop()
-    to_determination, to_task, without = [], [], 0
-    for request in posted:
-        for ref in request["accepted"]:
-            at = found["determination"].get(ref)
-            if at is None:
-                without += 1
-            else:
-                to_determination.append(at - request["answered"])
-        at = found["task"].get(request["trace_id"])
-        if at is not None:
-            to_task.append(at - request["answered"])
-    answers = [request["answered"] - request["sent"] for request in posted]
-    accepted = sum(len(request["accepted"]) for request in posted)
-    return {
-        "target_eps": events_per_second,
-        "achieved_eps": rate(len(batches) * batch_size, sending),
-        "seconds": round(sending, 2),
-        "batch_size": batch_size,
-        "classifiers": classifiers,
-        "events_posted": len(batches) * batch_size,
-        "events_accepted": accepted,
-        "failed_requests": failures,
-        "settled_seconds_after_last_post": round(settled, 2),
-        "gateway_answer": summarize_latencies(answers),
-        "event_to_determination": summarize_latencies(to_determination)
-        | {"accepted_events_never_in_a_determination": without},
-        "request_to_first_task_change": summarize_latencies(to_task) | {"requests": len(posted)},
-        "latency_samples_ms": sorted(round(v * 1000, 2) for v in to_determination),
-        "task_samples_ms": sorted(round(v * 1000, 2) for v in to_task),
-        "peak_rss_bytes": {service.name: service.peak_rss for service in services},
-    }
+        return {
+            "requests": requests,
+            "failures": failures,
+            "events": len(lines),
+            "seconds": sending,
+        }
+
+    @staticmethod
+    def figures(posted: dict, found: dict) -> dict:
+        """Each accepted event's time from the gateway's 202 to the first determination naming
+        it, and each request's to the first task change of its trace."""
+        to_determination, to_task, without = [], [], 0
+        requests = posted["requests"]
+        for request in requests:
+            for ref in request["accepted"]:
+                at = found["determination"].get(ref)
+                if at is None:
+                    without += 1
+                else:
+                    to_determination.append(at - request["answered"])
+            at = found["task"].get(request["trace_id"])
+            if at is not None:
+                to_task.append(at - request["answered"])
+        answers = [request["answered"] - request["sent"] for request in requests]
+        return {
+            "achieved_eps": rate(posted["events"], posted["seconds"]),
+            "seconds": round(posted["seconds"], 2),
+            "events_posted": posted["events"],
+            "events_accepted": sum(len(request["accepted"]) for request in requests),
+            "failed_requests": posted["failures"],
+            "gateway_answer": summarize_latencies(answers),
+            "event_to_determination": summarize_latencies(to_determination)
+            | {"accepted_events_never_in_a_determination": without},
+            "request_to_first_task_change": summarize_latencies(to_task)
+            | {"requests": len(requests)},
+            "latency_samples_ms": sorted(round(v * 1000, 2) for v in to_determination),
+            "task_samples_ms": sorted(round(v * 1000, 2) for v in to_task),
+        }
 
 
 async def first_seen(database_url: str) -> dict:
@@ -676,6 +951,10 @@ async def run(args: argparse.Namespace, console: Console) -> dict:
                     ),
                 )
             await phase(
+                "pipeline",
+                lambda: pipeline_run(bench, backfill, args.latency_classifiers, progress),
+            )
+            await phase(
                 "gateway",
                 lambda: gateway_run(
                     bench, gateway_lines, args.gateway_batch, args.gateway_concurrency, progress
@@ -691,6 +970,10 @@ async def run(args: argparse.Namespace, console: Console) -> dict:
                     args.latency_batch,
                     args.latency_classifiers,
                     progress,
+                    # the backfill again, as other patients and events than the classifier runs'
+                    backfill=lambda: as_records(
+                        relabel([value.decode() for _, value in backfill], "bf-")
+                    ),
                 ),
             )
             task = progress.add_task("offline reference and comparison", total=2)
@@ -707,7 +990,7 @@ async def run(args: argparse.Namespace, console: Console) -> dict:
             "broker (tansu)": peak_rss_bytes(state.broker_pid),
             **{
                 f"{phase} {name}": value
-                for phase in ("classifier_1", "classifier_2", "gateway", "latency")
+                for phase in ("classifier_1", "classifier_2", "pipeline", "gateway", "latency")
                 for name, value in result.get(phase, {}).get("peak_rss_bytes", {}).items()
             },
         }
@@ -718,41 +1001,78 @@ async def run(args: argparse.Namespace, console: Console) -> dict:
         else:
             shutil.rmtree(work, ignore_errors=True)
     result["machine"]["load_average_at_end"] = list(os.getloadavg())
+    result["errors"] += measurement_errors(result)
     result["figures"] = figures_of(result)
     result["targets"] = check_targets(result["figures"])
+    result["errors"] += [
+        f"{target['key']}: not measured (see the errors above)"
+        for target in result["targets"]
+        if target["value"] is None and not any(target["key"] in e for e in result["errors"])
+    ]
     return result
+
+
+def measurement_errors(result: dict) -> list[str]:
+    """What a phase measured only in part: the `errors` its sub-measurements left."""
+    one, latency = result.get("classifier_1", {}), result.get("latency", {})
+    parts = (one.get("memory", {}), latency.get("during_backfill", {}))
+    return [error for part in parts for error in part.get("errors", [])]
 
 
 def figures_of(result: dict) -> dict:
     one, two = result.get("classifier_1", {}), result.get("classifier_2", {})
     ceiling = result.get("ceiling", {})
     latency = result.get("latency", {})
+    during = latency.get("during_backfill", {})
     ceiling_eps = ceiling.get("parse_event", {}).get("eps")
     return {
+        # issue 12
+        "classifier_one_worker_of_ceiling": ratio(one.get("eps"), ceiling_eps),
+        "two_workers_speedup": ratio(two.get("eps"), one.get("eps")),
+        "pipeline_1m_seconds": result.get("pipeline", {}).get("seconds_1m"),
+        "classifier_restart_ready_s": one.get("restart", {}).get("seconds_to_ready"),
+        "classifier_takeover_s_per_1m": one.get("takeover", {}).get("seconds_to_ready_per_1m"),
+        "e2e_p99_ms": latency.get("event_to_determination", {}).get("p99_ms"),
+        "e2e_task_p99_ms": latency.get("request_to_first_task_change", {}).get("p99_ms"),
+        "e2e_p99_during_backfill_ms": during.get("event_to_determination", {}).get("p99_ms"),
+        "classifier_rss_bytes_per_event": one.get("memory", {}).get("bytes_per_event"),
+        # the rest
         "ceiling_json_loads_eps": ceiling.get("json_loads", {}).get("eps"),
         "ceiling_parse_event_eps": ceiling_eps,
         "classifier_one_worker_eps": one.get("eps"),
         "classifier_two_workers_eps": two.get("eps"),
-        "classifier_one_worker_of_ceiling": ratio(one.get("eps"), ceiling_eps),
         "classifier_two_workers_of_ceiling": ratio(two.get("eps"), ceiling_eps),
-        "two_workers_speedup": ratio(two.get("eps"), one.get("eps")),
         "backfill_1m_two_workers_s": two.get("projected_1m_seconds"),
         "classifier_one_worker_start_s": one.get("seconds_to_first_record"),
         "classifier_two_workers_start_s": two.get("seconds_to_first_record"),
-        "classifier_restart_ready_s": one.get("restart", {}).get("seconds_to_ready"),
         "classifier_restart_restore_s": one.get("restart", {}).get("restore_seconds"),
+        "classifier_takeover_ready_s": one.get("takeover", {}).get("seconds_to_ready"),
         "determination_mismatches_one_worker": one.get("check", {}).get("mismatches"),
         "determination_mismatches_two_workers": two.get("check", {}).get("mismatches"),
         "gateway_eps": result.get("gateway", {}).get("eps"),
         "e2e_p50_ms": latency.get("event_to_determination", {}).get("p50_ms"),
         "e2e_p95_ms": latency.get("event_to_determination", {}).get("p95_ms"),
-        "e2e_p99_ms": latency.get("event_to_determination", {}).get("p99_ms"),
-        "e2e_task_p99_ms": latency.get("request_to_first_task_change", {}).get("p99_ms"),
+        "e2e_p50_during_backfill_ms": during.get("event_to_determination", {}).get("p50_ms"),
     }
 
 
+def previous_results(results_dir: Path, stamp: str) -> tuple[str, dict] | None:
+    """The newest other results file of `results_dir` (by its name, a UTC timestamp) and its
+    figures, or None when there is none."""
+    older = sorted(path for path in results_dir.glob("*.json") if path.stem != stamp)
+    for path in reversed(older):
+        try:
+            figures = json.loads(path.read_text()).get("figures")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(figures, dict):
+            return path.stem, figures
+    return None
+
+
 def print_table(result: dict, console: Console) -> None:
-    figures = result["figures"]
+    previous = result.get("previous")
+    pipeline = result.get("pipeline", {})
     table = Table(
         title=f"painpath bench {result['timestamp']} ({result['backfill_events']:,}"
         " backfill events; shared, noisy machine)"
@@ -761,37 +1081,17 @@ def print_table(result: dict, console: Console) -> None:
     table.add_column("value", justify="right")
     table.add_column("target")
     table.add_column("met")
-    targets = {target["key"]: target for target in result["targets"]}
-    labels = {
-        "ceiling_json_loads_eps": ("ceiling: aiokafka + json.loads", "events/s"),
-        "ceiling_parse_event_eps": ("ceiling: aiokafka + parse_event", "events/s"),
-        "classifier_one_worker_eps": ("classifier, one worker", "events/s"),
-        "classifier_two_workers_eps": ("classifier, two workers", "events/s"),
-        "classifier_one_worker_of_ceiling": ("one worker / ceiling (parse_event)", "×"),
-        "classifier_two_workers_of_ceiling": ("two workers / ceiling (parse_event)", "×"),
-        "two_workers_speedup": ("two workers / one worker", "×"),
-        "backfill_1m_two_workers_s": ("1M backfill, two workers (projected)", "s"),
-        "classifier_one_worker_start_s": ("start-up to first record, one worker", "s"),
-        "classifier_two_workers_start_s": ("start-up to first record, two workers", "s"),
-        "classifier_restart_ready_s": ("one worker restarted with all: to ready", "s"),
-        "classifier_restart_restore_s": ("one worker restarted: restoring", "s"),
-        "determination_mismatches_one_worker": ("determination mismatches, one worker", ""),
-        "determination_mismatches_two_workers": ("determination mismatches, two workers", ""),
-        "gateway_eps": ("gateway ingest, batches of 500", "events/s"),
-        "e2e_p50_ms": ("event → determination processed, p50", "ms"),
-        "e2e_p95_ms": ("event → determination processed, p95", "ms"),
-        "e2e_p99_ms": ("event → determination processed, p99", "ms"),
-        "e2e_task_p99_ms": ("request → first task change, p99", "ms"),
-    }
-    for key, (label, unit) in labels.items():
-        value = figures.get(key)
-        text = "n/a" if value is None else _figure_text(value, unit)
-        target = targets.get(key)
-        met = "" if target is None else {True: "met", False: "NOT met", None: "n/a"}[target["met"]]
-        table.add_row(label, f"{text} {unit}".strip(), target["target"] if target else "", met)
+    table.add_column(f"previous ({previous['timestamp']})" if previous else "previous: none")
+    rows = comparison_rows(
+        result["figures"], result["targets"], previous["figures"] if previous else None
+    )
+    for label, *cells in rows:
+        if label.startswith("1M events through") and pipeline.get("projected"):
+            label += " (projected)"
+        table.add_row(label, *cells)
     for name, value in sorted(result.get("peak_rss_bytes", {}).items()):
         table.add_row(
-            f"peak RSS: {name}", "n/a" if value is None else f"{value / 2**20:,.0f} MiB", "", ""
+            f"peak RSS: {name}", "n/a" if value is None else f"{value / 2**20:,.0f} MiB", "", "", ""
         )
     for workers in (1, 2):
         cpu = result.get(f"classifier_{workers}", {}).get("cpu_seconds")
@@ -802,7 +1102,7 @@ def print_table(result: dict, console: Console) -> None:
                 if name != "available" and value is not None
             )
             label = f"CPU s, classifier run with {workers}"
-            table.add_row(label, f"{used} of {cpu['available']:,.0f}", "", "")
+            table.add_row(label, f"{used} of {cpu['available']:,.0f}", "", "", "")
     console.print(table)
     for error in result["errors"]:
         console.print(f"[red]error: {error}[/red]")
@@ -855,8 +1155,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def broker_memory_needed(events: int) -> int:
-    """What the local broker will hold, roughly, after the two classifier runs."""
-    return 2 * events * BROKER_BYTES_PER_EVENT_RUN
+    """What the local broker will hold, roughly, at the end: the backfill went through the
+    classifier four times (one worker, two, the pipeline, the latency phase's backfill)."""
+    return 4 * events * BROKER_BYTES_PER_EVENT_RUN
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -883,6 +1184,9 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=None if sys.stdout.isatty() else 110)
     result = asyncio.run(run(args, console))
     args.results_dir.mkdir(parents=True, exist_ok=True)
+    before = previous_results(args.results_dir, result["timestamp"])
+    if before is not None:
+        result["previous"] = {"timestamp": before[0], "figures": before[1]}
     json_path = args.results_dir / f"{result['timestamp']}.json"
     png_path = args.results_dir / f"{result['timestamp']}.png"
     from bench.plot import plot

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -28,15 +29,25 @@ from shared.topics import EVENTS, Topic
 Record = tuple[bytes, bytes]  # (key, value)
 
 
-def peak_rss_bytes(pid: int) -> int | None:
-    """The process's peak resident set size so far (VmHWM), or None when it cannot be read."""
+def _status_bytes(pid: int, field: str) -> int | None:
+    """A memory field of `/proc/<pid>/status` (given in kB there), in bytes, or None."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
         return None
     return None
+
+
+def peak_rss_bytes(pid: int) -> int | None:
+    """The process's peak resident set size so far (VmHWM), or None when it cannot be read."""
+    return _status_bytes(pid, "VmHWM")
+
+
+def rss_bytes(pid: int) -> int | None:
+    """The process's resident set size now (VmRSS), or None when it cannot be read."""
+    return _status_bytes(pid, "VmRSS")
 
 
 def cpu_seconds(pid: int | None) -> float | None:
@@ -171,8 +182,16 @@ class Bench:
             "COORDINATOR_SESSION_TIMEOUT_SECONDS": "6",
         }
 
-    def classifier(self, name: str, env: dict[str, str], log_dir: Path) -> Service:
+    def classifier(
+        self, name: str, env: dict[str, str], log_dir: Path, state_dir: Path | None = None
+    ) -> Service:
+        """A classifier worker with a local state directory of its own (`CLASSIFIER_STATE_DIR`,
+        `<log_dir>/state/<name>` unless given): kept across a restart of the same `Service`, and
+        empty for a worker started under a new name (a takeover)."""
         port = free_port()
+        state_dir = state_dir or log_dir / "state" / name
+        state_dir.mkdir(parents=True, exist_ok=True)
+        env = env | {"CLASSIFIER_STATE_DIR": str(state_dir)}
         return Service(name, ["classifier", "--port", str(port)], port, "/readyz", env, log_dir)
 
     def gateway(self, env: dict[str, str], log_dir: Path) -> Service:
@@ -198,6 +217,18 @@ def as_records(lines: list[str]) -> list[Record]:
             key = b"unparseable"
         records.append((key, text.encode()))
     return records
+
+
+# The simulator's patient ids (`sim-000001`) and event ids (`ehr-000001`, per source) restart
+# at 1 in every feed: feeds meant to share topics and a database are relabelled apart.
+_SIMULATED_ID = re.compile(r'"(sim|ehr|pharmacy|lab)-(?=[0-9])')
+
+
+def relabel(lines: list[str], tag: str) -> list[str]:
+    """The feed with `tag` put before every patient id and event id (references of retractions
+    included), so that it shares no patient and no event with another feed."""
+    replacement = '"' + tag + r"\1-"
+    return [_SIMULATED_ID.sub(replacement, line) for line in lines]
 
 
 async def produce(bootstrap_servers: str, topic: str, records: list[Record], advance=None) -> None:
