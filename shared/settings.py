@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     classifier_fetch_wait_ms: int = Field(default=20, ge=0)
     classifier_max_batch: int = Field(default=10_000, gt=0)
     classifier_decision_delay_seconds: float = Field(default=5, ge=0)
+    # A record read within this long of its broker timestamp is live: its patient is decided at
+    # once, even while a backlog waits for its pass (0: every record waits with the backlog).
+    classifier_live_seconds: float = Field(default=1, ge=0)
     # The local store, a RocksDB folder per partition (default $PAINPATH_STATE_DIR/classifier-state)
     classifier_state_dir: Path | None = None
     # A checkpoint once every waiting patient is decided, at most this often ...

@@ -115,6 +115,10 @@ class Classifier:
         self.owned: dict[int, PartitionState] = {}
         self.dirty: dict[bytes, Dirty] = {}
         self.dirty_since: float | None = None
+        # Dirty patients of records read within CLASSIFIER_LIVE_SECONDS of their broker
+        # timestamp: live traffic, decided at once even while a backlog waits for its pass.
+        self.live: set[bytes] = set()
+        self._live_ms = settings.classifier_live_seconds * 1000
         self.pass_cost = PassCost()
         self._dirty_events_at: tuple[float, int] = (-1e9, 0)  # (when counted, events)
         self.restoring = False
@@ -231,7 +235,12 @@ class Classifier:
                     gc.unfreeze()
                     gc.collect()
                     gc.freeze()
-                decided = await self._decide_dirty() if self._should_decide() else []
+                if self._should_decide():
+                    decided = await self._decide_dirty()
+                elif self.live:  # during a backlog, live events' patients do not wait for it
+                    decided = await self._decide_dirty(only=self.live)
+                else:
+                    decided = []
                 self.metrics.dirty.set(len(self.dirty) + len(decided))
                 delivered = await self._deliver(decided)
                 if delivered and self._checkpoint_due() and await self._checkpoint():
@@ -284,7 +293,24 @@ class Classifier:
             # The record's own trace context; our span is made when a determination is sent.
             parent = tracing.from_headers(record.headers)
             self._mark_dirty(record.key, partition, parent, record.timestamp)
+            if self._is_live(record.timestamp):
+                self.live.add(record.key)
         return admission
+
+    def _is_live(self, timestamp_ms: int | None) -> bool:
+        return (
+            timestamp_ms is not None
+            and self._live_ms > 0
+            and time.time() * 1000 - timestamp_ms <= self._live_ms
+        )
+
+    def _is_live(self, timestamp_ms: int | None) -> bool:
+        """Read within CLASSIFIER_LIVE_SECONDS of its broker timestamp."""
+        return (
+            timestamp_ms is not None
+            and self._live_ms > 0
+            and time.time() * 1000 - timestamp_ms <= self._live_ms
+        )
 
     def _mark_dirty(
         self, key: bytes, partition: int, parent: str | bytes | None, timestamp_ms: int | None
@@ -378,11 +404,18 @@ class Classifier:
                 events += len(history.raw)
         return events
 
-    async def _decide_dirty(self) -> list[Decided]:
-        """Decide every dirty patient (`decisions.decide`); the changed determinations."""
+    async def _decide_dirty(self, only: set[bytes] | None = None) -> list[Decided]:
+        """Decide every dirty patient, or `only` those (`decisions.decide`); the changed
+        determinations."""
         started = time.monotonic()
-        dirty, self.dirty, self.dirty_since = self.dirty, {}, None
-        self._dirty_events_at = (-1e9, 0)
+        if only is None:
+            dirty, self.dirty, self.dirty_since = self.dirty, {}, None
+            self._dirty_events_at = (-1e9, 0)
+        else:
+            dirty = {key: self.dirty.pop(key) for key in only if key in self.dirty}
+            if not self.dirty:
+                self.dirty_since = None
+        self.live = set()
         changed, events = await decide(
             dirty,
             self.owned,
@@ -567,6 +600,7 @@ class Classifier:
             self.dirty = {
                 key: mark for key, mark in self.dirty.items() if mark.partition in self.owned
             }
+            self.live = {key for key in self.live if key in self.dirty}
             self.parsed.clear()
             self.progress.forget()
             self.metrics.in_quarantine.set(self.quarantined_count())

@@ -1,0 +1,67 @@
+"""Live events during a backlog: their patients are decided at once, the backlog's wait."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import pytest
+
+from services.classifier.policy import load_policy
+from services.classifier.stream import Classifier, PartitionState
+from shared.settings import Settings
+from shared.stack import Endpoints
+from tests.unit.test_quarantine import PARTITION, Record, RecordingProducer, score
+
+AS_OF = datetime(2026, 6, 30, tzinfo=UTC)
+LIVE, BACKLOG = b"pt-live-000001", b"pt-backlog-000002"
+
+
+@pytest.fixture
+def worker() -> Classifier:
+    endpoints = Endpoints(
+        bootstrap_servers="localhost:1",
+        database_url="postgresql://unused",
+        api_keys=[],
+        coordinator_tokens=[],
+        pseudonym_key=None,
+        local=False,
+    )
+    worker = Classifier(Settings(_env_file=None), endpoints, load_policy(), clock=lambda: AS_OF)
+    worker.producer = RecordingProducer()
+    worker.owned[PARTITION] = PartitionState(next_offset=0, committed=0)
+    return worker
+
+
+def admit(worker: Classifier, key: bytes, number: int, age_s: float):
+    stamp = int((time.time() - age_s) * 1000)
+    record = Record(key, score(key, number), number, timestamp=stamp)
+    return worker._admit(worker.owned[PARTITION], PARTITION, record)
+
+
+async def test_a_record_read_as_it_is_written_is_live_and_decided_alone(worker):
+    admit(worker, BACKLOG, 0, age_s=30)  # read 30 s after it was written: a backlog
+    admit(worker, LIVE, 1, age_s=0.05)
+
+    assert worker.live == {LIVE}
+    decided = await worker._decide_dirty(only=worker.live)
+
+    assert [item.key for item in decided] == [LIVE]
+    assert list(worker.dirty) == [BACKLOG]  # still waiting for the backlog's pass
+    assert worker.live == set() and worker.dirty_since is not None
+
+
+async def test_a_full_pass_takes_the_live_ones_too(worker):
+    admit(worker, LIVE, 1, age_s=0)
+    admit(worker, BACKLOG, 0, age_s=30)
+
+    decided = await worker._decide_dirty()
+
+    assert {item.key for item in decided} == {LIVE, BACKLOG}
+    assert worker.live == set() and worker.dirty == {} and worker.dirty_since is None
+
+
+def test_zero_seconds_turns_it_off(worker):
+    worker._live_ms = 0
+    admit(worker, LIVE, 1, age_s=-1)  # a clock a second ahead
+    assert worker.live == set()
