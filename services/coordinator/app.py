@@ -27,7 +27,7 @@ from prometheus_client import (
 
 from services.coordinator.api import create_router
 from services.coordinator.care_plan import TaskState
-from services.coordinator.consumer import RecordConsumer
+from services.coordinator.consumer import BatchConsumer
 from services.coordinator.dashboard import dashboard_router
 from services.coordinator.relay import OutboxNotifier, OutboxRelay
 from services.coordinator.scheduling import Roster
@@ -179,7 +179,7 @@ def create_app(
         for consumer in kafka_consumers:
             await consumer.start()
         consumers = [
-            RecordConsumer(
+            BatchConsumer(
                 name,
                 kafka_consumer,
                 apply,
@@ -187,8 +187,8 @@ def create_app(
                 _observer(metrics, name),
             )
             for name, kafka_consumer, apply in (
-                ("determinations", kafka_consumers[0], coordinator.determination_record),
-                ("events", kafka_consumers[1], coordinator.event_record),
+                ("determinations", kafka_consumers[0], coordinator.determination_records),
+                ("events", kafka_consumers[1], coordinator.event_records),
             )
         ]
         relay = OutboxRelay(

@@ -1,11 +1,13 @@
-"""Consumes a topic record by record, each applied in one database transaction.
+"""Consumes a topic batch by batch, each fetched batch applied in one database transaction.
 
-What identifies a record (its offset, or the event's (source, id)) is written in the transaction
-that applies it, and the Kafka offset is committed only after that transaction: a re-delivery, or
-a crash anywhere between the two commits, finds the record already applied and changes nothing.
-A database outage is waited out with backoff: the record is retried, never skipped.
+What a record is (a determination's decision and instant, an event's (source, id)) is written
+in the transaction that applies it, and the Kafka offsets are committed only after that
+transaction: a re-delivery, a crash anywhere between the two commits, or the same records read
+again from a topic whose offsets restarted, finds them applied and changes nothing. A database
+outage is waited out with backoff: the whole batch is retried (its transaction rolled back, none
+of it applied), never skipped.
 
-`stop` asks for a graceful stop: the record being applied is finished, the offsets of what was
+`stop` asks for a graceful stop: the batch being applied is finished, the offsets of what was
 applied are committed, and `run` returns; records fetched but not yet applied are left to the
 next consumer of the partition.
 """
@@ -22,7 +24,6 @@ import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
-from shared import tracing
 from shared.logging import get_logger
 from shared.progress import Progress
 
@@ -37,21 +38,27 @@ DATABASE_DOWN = (
 )
 
 
+MAX_RECORDS = 500  # per fetch, hence per transaction
+
+
 class Outcome(Enum):
     APPLIED = "applied"
     ALREADY_APPLIED = "already_applied"
+    CONFLICT = "conflict"  # an event's (source, id) kept already with other content: first wins
     UNREADABLE = "unreadable"
 
 
-Apply = Callable[[ConsumerRecord], Awaitable[Outcome]]
+# Applies a batch (the records in the order to apply them) in one transaction; one outcome per
+# record, in the same order.
+ApplyBatch = Callable[[list[ConsumerRecord]], Awaitable[list[Outcome]]]
 
 
-class RecordConsumer:
+class BatchConsumer:
     def __init__(
         self,
         name: str,
         consumer: AIOKafkaConsumer,
-        apply: Apply,
+        apply: ApplyBatch,
         progress: Progress,
         on_outcome: Callable[[Outcome, float], None] | None = None,
     ):
@@ -65,7 +72,7 @@ class RecordConsumer:
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
-        """Finish the record being applied, commit, and return from `run` (see the module)."""
+        """Finish the batch being applied, commit, and return from `run` (see the module)."""
         self._stopping.set()
 
     @property
@@ -89,26 +96,29 @@ class RecordConsumer:
         offsets were not committed yet are delivered again, and found applied)."""
         while not self._stopping.is_set():
             batch = await self._fetch()
-            for partition, records in batch.items():
-                done = None
-                for record in records:
-                    if self._stopping.is_set():
-                        break
-                    try:
-                        outcome = await self._handle(record)
-                    except _Stopped:
-                        break
-                    done = record.offset
-                    self.progress.processed(record.partition, record.offset)
-                    self._on_outcome(outcome, max(0.0, time.time() - record.timestamp / 1000))
-                if done is not None:
-                    await self._consumer.commit({partition: done + 1})
+            # Partition by partition, each in offset order: a patient's records are in order.
+            records = [record for items in batch.values() for record in items]
+            if not records:
+                continue
+            try:
+                outcomes = await self._apply_batch(records)
+            except _Stopped:
+                break
+            now = time.time()
+            for record, outcome in zip(records, outcomes, strict=True):
+                self.progress.processed(record.partition, record.offset)
+                self._on_outcome(outcome, max(0.0, now - record.timestamp / 1000))
+            await self._consumer.commit(
+                {partition: items[-1].offset + 1 for partition, items in batch.items() if items}
+            )
         structlog.contextvars.clear_contextvars()  # the last record's trace is not this line's
         log.info("consumer_stopped", consumer=self.name)
 
     async def _fetch(self) -> dict:
         """The next records, or none as soon as a stop is asked for."""
-        fetch = asyncio.ensure_future(self._consumer.getmany(timeout_ms=1000, max_records=500))
+        fetch = asyncio.ensure_future(
+            self._consumer.getmany(timeout_ms=1000, max_records=MAX_RECORDS)
+        )
         stopping = asyncio.ensure_future(self._stopping.wait())
         try:
             await asyncio.wait((fetch, stopping), return_when=asyncio.FIRST_COMPLETED)
@@ -120,21 +130,25 @@ class RecordConsumer:
             return {}
         return fetch.result()
 
-    async def _handle(self, record: ConsumerRecord) -> Outcome:
-        structlog.contextvars.clear_contextvars()
-        tracing.bind(tracing.continue_trace(tracing.from_headers(record.headers)))
+    async def _apply_batch(self, records: list[ConsumerRecord]) -> list[Outcome]:
         delay = 0.5
         while True:
+            structlog.contextvars.clear_contextvars()
             try:
-                outcome = await self._apply(record)
+                outcomes = await self._apply(records)
                 self.database_ok = True
-                return outcome
+                return outcomes
             except DATABASE_DOWN:
                 self.database_ok = False
-                if self._stopping.is_set():  # not applied: its offset is not committed
+                if self._stopping.is_set():  # not applied: its offsets are not committed
                     raise _Stopped from None
                 self.retries += 1
-                log.warning("database_unavailable_retrying", consumer=self.name, delay_s=delay)
+                log.warning(
+                    "database_unavailable_retrying",
+                    consumer=self.name,
+                    delay_s=delay,
+                    records=len(records),
+                )
                 with suppress(TimeoutError):  # a stop cuts the wait short
                     async with asyncio.timeout(delay):
                         await self._stopping.wait()
@@ -142,4 +156,4 @@ class RecordConsumer:
 
 
 class _Stopped(Exception):
-    """A stop was asked for while the database was unavailable: the record was not applied."""
+    """A stop was asked for while the database was unavailable: the batch was not applied."""

@@ -2,7 +2,8 @@
 
 Each entry point is one database transaction that takes the planning lock, so plans, schedules
 and the team's capacity change one at a time; every task change it makes is audited and queued
-in the outbox by `store.save_change`.
+in the outbox by `store.Changes`. A consumed batch of records is one such transaction, its
+determinations applied in order exactly as each would be in a transaction of its own.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from services.coordinator.scheduling import Roster, SchedulingTask, schedule
 from services.coordinator.store import SYSTEM_ACTOR, TaskView
 from services.coordinator.templates import PlanTemplates
 from services.coordinator.timeline import StatusChange, Timeline, build_timeline
+from shared import tracing
 from shared.contract import ContractViolation, Determination, parse_event
 from shared.logging import get_logger
 
@@ -59,55 +61,6 @@ class Coordinator:
         self.templates = templates
         self.roster = roster
         self.today = today
-
-    async def determination_record(self, record: ConsumerRecord) -> Outcome:
-        """Apply one record of `pain.determinations.v1`."""
-        try:
-            body = json.loads(record.value)
-            readable = isinstance(body, dict) and body.keys() >= REQUIRED
-        except ValueError:
-            readable = False
-        if not readable:  # a classifier bug, not a patient's event: say where it is, go on
-            log.error(
-                "determination_unreadable",
-                topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-            )
-            return Outcome.UNREADABLE
-        applied = await self.apply_determination(record, body)
-        return Outcome.APPLIED if applied else Outcome.ALREADY_APPLIED
-
-    async def event_record(self, record: ConsumerRecord) -> Outcome:
-        """Keep one record of `pain.events.v1` for the patient's timeline (first one wins)."""
-        try:
-            event = parse_event(record.value)
-        except ContractViolation:
-            return Outcome.UNREADABLE  # the classifier dead-letters it with the reason
-        try:
-            inserted = await self._keep_event(event, record)
-        except asyncpg.DataError:  # the database cannot store it: never let it stop the stream
-            log.error(
-                "event_unstorable",
-                topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-            )
-            return Outcome.UNREADABLE
-        return Outcome.APPLIED if inserted else Outcome.ALREADY_APPLIED
-
-    async def _keep_event(self, event, record: ConsumerRecord) -> bool:
-        return await self.pool.fetchval(
-            """INSERT INTO patient_events (source, event_id, patient_id, type, time, body)
-               VALUES ($1, $2, $3, $4, $5, $6)
-               ON CONFLICT (source, event_id) DO NOTHING RETURNING true""",
-            event.source,
-            event.id,
-            event.patient_id,
-            event.type,
-            event.time,
-            record.value.decode(),
-        )
 
     async def timeline(self, patient_id: str, as_of: datetime) -> Timeline | None:
         """The patient's timeline as of `as_of`, or None when nothing is known of the patient."""
@@ -143,65 +96,160 @@ class Coordinator:
             ],
         )
 
-    async def apply_determination(self, record: ConsumerRecord, body: dict) -> bool:
-        """Bring the patient's plan in line with a determination; False if already applied."""
-        determination = Determination.model_validate(body)
+    async def determination_records(self, records: list[ConsumerRecord]) -> list[Outcome]:
+        """Apply records of `pain.determinations.v1`, in order, in one transaction."""
+        read = [(record, _read_determination(record)) for record in records]
+        items = [(record, found) for record, found in read if found is not None]
+        applied = iter(await self._in_one_transaction(items, self._apply_determinations, True))
+        return [Outcome.UNREADABLE if found is None else next(applied) for _, found in read]
+
+    async def event_records(self, records: list[ConsumerRecord]) -> list[Outcome]:
+        """Keep records of `pain.events.v1` for the patients' timelines (first one wins), in one
+        transaction."""
+        read = [(record, _read_event(record)) for record in records]
+        items = [(record, found) for record, found in read if found is not None]
+        kept = iter(await self._in_one_transaction(items, _keep_events, False))
+        return [Outcome.UNREADABLE if found is None else next(kept) for _, found in read]
+
+    async def _in_one_transaction(self, items: list, apply, planning: bool) -> list[Outcome]:
+        """`apply` all `items` in one transaction. When the database refuses one of them (a
+        value it cannot store), the transaction is rolled back and they are applied again one
+        by one, each in a savepoint: the refused ones are logged and skipped, never the rest."""
+        if not items:
+            return []
+        async with self.pool.acquire() as connection:
+            try:
+                async with connection.transaction():
+                    if planning:
+                        await store.lock_planning(connection)
+                    return await apply(connection, items)
+            except UNSTORABLE:
+                pass
+            outcomes: list[Outcome] = []
+            async with connection.transaction():
+                if planning:
+                    await store.lock_planning(connection)
+                for item in items:
+                    try:
+                        async with connection.transaction():  # a savepoint
+                            outcomes.extend(await apply(connection, [item]))
+                    except UNSTORABLE:
+                        record = item[0]
+                        log.error(  # never the value: it may hold a patient's data
+                            "record_unstorable",
+                            topic=record.topic,
+                            partition=record.partition,
+                            offset=record.offset,
+                        )
+                        outcomes.append(Outcome.UNREADABLE)
+            return outcomes
+
+    async def _apply_determinations(
+        self,
+        connection: asyncpg.Connection,
+        items: list[tuple[ConsumerRecord, tuple[Determination, store.ReceivedDetermination]]],
+    ) -> list[Outcome]:
+        """Bring the patients' plans in line with determinations, one after the other in order,
+        as if each were applied in a transaction of its own.
+
+        A determination already recorded (by what it is: `ReceivedDetermination.key`) changes
+        nothing; one whose decision is the plan's current one is recorded and followed, and
+        changes no task (the same decision re-sent, e.g. by a restarted classifier).
+        """
+        received = [found for _, (_, found) in items]
+        recorded = await store.record_determinations(connection, received)
+        patients = list(dict.fromkeys(found.patient_id for found in received))
+        current = await store.current_determinations(connection, patients)
+        outcomes: list[Outcome] = []
+        follows: dict[str, int] = {}
+        to_apply: list[tuple[ConsumerRecord, Determination]] = []
+        for record, (determination, found) in items:
+            row = recorded.pop(found.key, None)  # a repeat later in the batch finds it gone
+            if row is None:
+                outcomes.append(Outcome.ALREADY_APPLIED)
+                continue
+            follows[found.patient_id] = row
+            if current.get(found.patient_id) == found.determination_id:
+                outcomes.append(Outcome.ALREADY_APPLIED)
+                continue
+            current[found.patient_id] = found.determination_id
+            outcomes.append(Outcome.APPLIED)
+            to_apply.append((record, determination))
+        if follows:
+            await store.set_current_determinations(connection, follows, self.templates.id)
+        tasks = await store.tasks_of_patients(
+            connection, list(dict.fromkeys(d.patient_id for _, d in to_apply))
+        )
+        changes = store.Changes(connection)
+        today = self.today()
+        for record, determination in to_apply:
+            tracing.bind(tracing.continue_trace(tracing.from_headers(record.headers)))
+            patient_id = determination.patient_id
+            if patient_id not in tasks:  # changed by an earlier determination of this batch
+                tasks[patient_id] = await store.patient_tasks(connection, patient_id)
+            if await self._apply_determination(
+                connection, changes, determination, tasks[patient_id], today
+            ):
+                del tasks[patient_id]
+        await changes.flush()
+        return outcomes
+
+    async def _apply_determination(
+        self,
+        connection: asyncpg.Connection,
+        changes: store.Changes,
+        determination: Determination,
+        existing: list[TaskView],
+        today: date,
+    ) -> bool:
+        """Bring one patient's plan in line with a determination; False if nothing changed."""
         patient_id = determination.patient_id
-        async with self.pool.acquire() as connection, connection.transaction():
-            await store.lock_planning(connection)
-            recorded = await store.record_determination(
-                connection, record.topic, record.partition, record.offset, body
+        change = reconcile(
+            [ExistingTask(task.key, TaskState(task.state)) for task in existing],
+            plan_for(determination, self.templates),
+            determination,
+        )
+        if change.empty:  # most determinations change no plan: nothing to reschedule
+            return False
+        # One instant per determination, as when each had a transaction (and a now()) of its own.
+        at = await connection.fetchval("SELECT clock_timestamp()")
+        for spec in change.add:
+            task = await store.insert_task(
+                connection,
+                {
+                    "patient_id": patient_id,
+                    "key": spec.key,
+                    "title": spec.title,
+                    "description": spec.description,
+                    "role": str(spec.role),
+                    "priority": str(spec.priority),
+                    "prerequisites": list(spec.prerequisites),
+                    "reason": spec.reason,
+                    "determination_id": determination.determination_id,
+                    "state": TaskState.PROPOSED.value,
+                    "created_on": today,
+                    "due_on": today + timedelta(days=spec.due_days),
+                    "created_at": at,
+                    "updated_at": at,
+                },
             )
-            if recorded is None:
-                return False
-            await store.set_current_determination(
-                connection, patient_id, recorded, self.templates.id
+            await changes.save(task, "created", SYSTEM_ACTOR, spec.reason)
+        open_by_key = {task.key: task for task in existing if task.state in OPEN_STATES}
+        for key, reason in change.cancel:
+            task = open_by_key[key]
+            cancelled = await store.update_task(
+                connection,
+                task.id,
+                {"state": TaskState.CANCELLED.value, "cancel_reason": reason},
             )
-            existing = await store.patient_tasks(connection, patient_id)
-            change = reconcile(
-                [ExistingTask(task.key, TaskState(task.state)) for task in existing],
-                plan_for(determination, self.templates),
-                determination,
-            )
-            today = self.today()
-            for spec in change.add:
-                task = await store.insert_task(
-                    connection,
-                    {
-                        "patient_id": patient_id,
-                        "key": spec.key,
-                        "title": spec.title,
-                        "description": spec.description,
-                        "role": str(spec.role),
-                        "priority": str(spec.priority),
-                        "prerequisites": list(spec.prerequisites),
-                        "reason": spec.reason,
-                        "determination_id": determination.determination_id,
-                        "state": TaskState.PROPOSED.value,
-                        "created_on": today,
-                        "due_on": today + timedelta(days=spec.due_days),
-                    },
-                )
-                await store.save_change(connection, task, "created", SYSTEM_ACTOR, spec.reason)
-            open_by_key = {task.key: task for task in existing if task.state in OPEN_STATES}
-            for key, reason in change.cancel:
-                task = open_by_key[key]
-                cancelled = await store.update_task(
-                    connection,
-                    task.id,
-                    {"state": TaskState.CANCELLED.value, "cancel_reason": reason},
-                )
-                await store.save_change(
-                    connection, cancelled, "cancelled", SYSTEM_ACTOR, reason, task.state
-                )
-            if not change.empty:  # most determinations change no plan: nothing to reschedule
-                await self._reschedule(connection, patient_id, today)
-                log.info(
-                    "plan_changed",
-                    patient_id=patient_id,  # pseudonymised by the log filter
-                    added=len(change.add),
-                    cancelled=len(change.cancel),
-                )
+            await changes.save(cancelled, "cancelled", SYSTEM_ACTOR, reason, task.state)
+        await self._reschedule(connection, changes, patient_id, today)
+        log.info(
+            "plan_changed",
+            patient_id=patient_id,  # pseudonymised by the log filter
+            added=len(change.add),
+            cancelled=len(change.cancel),
+        )
         return True
 
     async def act(
@@ -241,8 +289,8 @@ class Coordinator:
                     raise InvalidAction(f"reassigning needs a person of the role {task.role}")
                 updates |= {"assignee": person.id, "assignee_fixed": True}
             changed = await store.update_task(connection, task.id, updates)
-            await store.save_change(
-                connection,
+            changes = store.Changes(connection)
+            await changes.save(
                 changed,
                 action.value,
                 actor,
@@ -251,7 +299,8 @@ class Coordinator:
                 {"assignee": changed.assignee} if action is TaskAction.REASSIGN else None,
             )
             if action in (TaskAction.COMPLETE, TaskAction.CANCEL, TaskAction.REASSIGN):
-                await self._reschedule(connection, task.patient_id, self.today())
+                await self._reschedule(connection, changes, task.patient_id, self.today())
+            await changes.flush()
             return await self._task(connection, task.id)
 
     async def _task(self, connection: asyncpg.Connection, task_id: UUID) -> TaskView:
@@ -261,7 +310,11 @@ class Coordinator:
         return store.task_view(row)
 
     async def _reschedule(
-        self, connection: asyncpg.Connection, patient_id: str, today: date
+        self,
+        connection: asyncpg.Connection,
+        changes: store.Changes,
+        patient_id: str,
+        today: date,
     ) -> None:
         """Schedule the patient's open tasks around everyone else's bookings.
 
@@ -313,6 +366,85 @@ class Coordinator:
             else:
                 late = " (after its due date)" if slot.late else ""
                 reason = f"scheduled for {slot.date.isoformat()}{late}"
-            await store.save_change(
-                connection, moved, "scheduled", SYSTEM_ACTOR, reason, task.state
-            )
+            await changes.save(moved, "scheduled", SYSTEM_ACTOR, reason, task.state)
+
+
+# What the database may refuse to store of a record that was read: a NUL in a text, an escape
+# jsonb does not take (DataError), a key too long for its index (ProgramLimitExceededError).
+UNSTORABLE = (asyncpg.DataError, asyncpg.ProgramLimitExceededError)
+
+
+def _read_determination(
+    record: ConsumerRecord,
+) -> tuple[Determination, store.ReceivedDetermination] | None:
+    """A determination record read and validated, or None (logged, without its content)."""
+    try:
+        body = json.loads(record.value)
+        if not (isinstance(body, dict) and body.keys() >= REQUIRED):
+            raise ValueError("not a determination")
+        determination = Determination.model_validate(body)
+    except (ValueError, RecursionError):  # pydantic's ValidationError is a ValueError
+        # a classifier bug, not a patient's event: say where it is, go on
+        log.error(
+            "determination_unreadable",
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+        )
+        return None
+    return determination, store.ReceivedDetermination(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        patient_id=determination.patient_id,
+        determination_id=determination.determination_id,
+        status=determination.status.value,
+        as_of=determination.as_of,
+        body=json.dumps(body),
+    )
+
+
+def _read_event(record: ConsumerRecord) -> store.ReceivedEvent | None:
+    try:
+        event = parse_event(record.value)
+    except ContractViolation:
+        return None  # the classifier dead-letters it with the reason
+    return store.ReceivedEvent(
+        source=event.source,
+        event_id=event.id,
+        patient_id=event.patient_id,
+        type=event.type,
+        time=event.time,
+        body=record.value.decode(),
+    )
+
+
+async def _keep_events(
+    connection: asyncpg.Connection, items: list[tuple[ConsumerRecord, store.ReceivedEvent]]
+) -> list[Outcome]:
+    """Keep each event not kept yet; a repeat is already applied when its content is the same,
+    a conflict (logged; the first one stays) when not."""
+    first: dict[store.EventKey, int] = {}
+    for number, (_, event) in enumerate(items):
+        first.setdefault(event.key, number)
+    kept = await store.keep_events(connection, [items[number][1] for number in first.values()])
+    outcomes: list[Outcome | None] = [None] * len(items)
+    repeats = []
+    for number, (_, event) in enumerate(items):
+        if first[event.key] == number and event.key in kept:
+            outcomes[number] = Outcome.APPLIED
+        else:
+            repeats.append(number)
+    if repeats:
+        same = await store.same_as_kept(connection, [items[number][1] for number in repeats])
+        for number, equal in zip(repeats, same, strict=True):
+            outcomes[number] = Outcome.ALREADY_APPLIED if equal else Outcome.CONFLICT
+            if not equal:
+                record = items[number][0]
+                log.warning(
+                    "event_conflicting",  # the same (source, id) kept with other content
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                )
+    return outcomes

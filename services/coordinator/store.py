@@ -1,13 +1,20 @@
 """PostgreSQL persistence of care plans and tasks (asyncpg).
 
-Every task change goes through `save_change`, which writes the task, an audit row (who, when,
-what, why) and an outbox row (with the gap-free sequence) in the caller's transaction, so that a
-change is never stored without being published, nor published without being stored.
+Every task change goes through `Changes`, which writes an audit row (who, when, what, why) and an
+outbox row (with the gap-free sequence) in the transaction that wrote the task, so that a change
+is never stored without being published, nor published without being stored.
+
+What the consumers receive is recorded by what it is, not by where it was read: a determination
+by (patient, `determination_id`, `as_of`), an event by its (source, id); the Kafka offsets a
+determination was read at are kept as provenance only (the consumer group's committed offsets
+are what resumes).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 from uuid import UUID
@@ -74,45 +81,163 @@ async def lock_planning(connection: asyncpg.Connection) -> None:
     await connection.execute("SELECT pg_advisory_xact_lock($1)", PLANNING_LOCK)
 
 
-async def record_determination(
-    connection: asyncpg.Connection,
-    topic: str,
-    partition: int,
-    offset: int,
-    body: dict[str, Any],
-) -> int | None:
-    """Record a consumed determination; None when this record was already processed."""
-    return await connection.fetchval(
+DeterminationKey = tuple[str, str, datetime]  # (patient_id, determination_id, as_of)
+
+
+@dataclass(frozen=True)
+class ReceivedDetermination:
+    """A determination as read from a record, and where it was read (provenance only)."""
+
+    topic: str
+    partition: int
+    offset: int
+    patient_id: str
+    determination_id: str
+    status: str
+    as_of: datetime
+    body: str  # the determination's JSON
+
+    @property
+    def key(self) -> DeterminationKey:
+        """What the determination is: the decision (its id) and the instant it was made for."""
+        return (self.patient_id, self.determination_id, self.as_of)
+
+
+async def record_determinations(
+    connection: asyncpg.Connection, received: list[ReceivedDetermination]
+) -> dict[DeterminationKey, int]:
+    """Record the determinations not recorded before (by `key`, whatever offset they were read
+    at), in the order given; returns the row id of each one recorded now."""
+    rows = await connection.fetch(
         """INSERT INTO determinations
                (topic, kafka_partition, kafka_offset, patient_id, determination_id, status,
                 as_of, body)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-           ON CONFLICT (topic, kafka_partition, kafka_offset) DO NOTHING
-           RETURNING id""",
-        topic,
-        partition,
-        offset,
-        body["patient_id"],
-        body["determination_id"],
-        body["status"],
-        datetime.fromisoformat(body["as_of"]),
-        json.dumps(body),
+           SELECT topic, kafka_partition, kafka_offset, patient_id, determination_id, status,
+                  as_of, body::jsonb
+           FROM unnest($1::text[], $2::integer[], $3::bigint[], $4::text[], $5::text[],
+                       $6::text[], $7::timestamptz[], $8::text[])
+                WITH ORDINALITY AS received (topic, kafka_partition, kafka_offset, patient_id,
+                                             determination_id, status, as_of, body, number)
+           ORDER BY number
+           ON CONFLICT (patient_id, determination_id, as_of) DO NOTHING
+           RETURNING id, patient_id, determination_id, as_of""",
+        *_columns(
+            (
+                item.topic,
+                item.partition,
+                item.offset,
+                item.patient_id,
+                item.determination_id,
+                item.status,
+                item.as_of,
+                item.body,
+            )
+            for item in received
+        ),
     )
+    return {(row["patient_id"], row["determination_id"], row["as_of"]): row["id"] for row in rows}
 
 
-async def set_current_determination(
-    connection: asyncpg.Connection, patient_id: str, determination: int, templates: str
+def _columns(rows: Iterable[tuple]) -> list[list]:
+    """Rows (at least one) as columns: the arrays of an `unnest`."""
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+async def current_determinations(
+    connection: asyncpg.Connection, patient_ids: list[str]
+) -> dict[str, str]:
+    """The `determination_id` each of these patients' plans follows now (patients with no plan
+    are left out)."""
+    rows = await connection.fetch(
+        """SELECT p.patient_id, d.determination_id FROM care_plans p
+           JOIN determinations d ON d.id = p.current_determination
+           WHERE p.patient_id = ANY($1::text[])""",
+        patient_ids,
+    )
+    return {row["patient_id"]: row["determination_id"] for row in rows}
+
+
+async def set_current_determinations(
+    connection: asyncpg.Connection, current: dict[str, int], templates: str
 ) -> None:
+    """Point each patient's care plan at a determination row (creating the plans that are new)."""
     await connection.execute(
         """INSERT INTO care_plans (patient_id, templates, current_determination)
-           VALUES ($1, $2, $3)
+           SELECT patient_id, $3, current_determination
+           FROM unnest($1::text[], $2::bigint[]) AS current (patient_id, current_determination)
            ON CONFLICT (patient_id) DO UPDATE
            SET current_determination = excluded.current_determination,
                templates = excluded.templates, updated_at = now()""",
-        patient_id,
+        list(current),
+        list(current.values()),
         templates,
-        determination,
     )
+
+
+async def tasks_of_patients(
+    connection: asyncpg.Connection, patient_ids: list[str]
+) -> dict[str, list[TaskView]]:
+    """`patient_tasks` of several patients in one query (each patient asked for has a list)."""
+    rows = await connection.fetch(
+        f"""SELECT {TASK_COLUMNS} FROM tasks WHERE patient_id = ANY($1::text[])
+            ORDER BY patient_id, created_at, key""",
+        patient_ids,
+    )
+    found: dict[str, list[TaskView]] = {patient_id: [] for patient_id in patient_ids}
+    for row in rows:
+        found[row["patient_id"]].append(task_view(row))
+    return found
+
+
+EventKey = tuple[str, str]  # (source, id): the contract's idempotency key
+
+
+@dataclass(frozen=True)
+class ReceivedEvent:
+    source: str
+    event_id: str
+    patient_id: str
+    type: str
+    time: datetime
+    body: str  # the event's JSON as received
+
+    @property
+    def key(self) -> EventKey:
+        return (self.source, self.event_id)
+
+
+async def keep_events(connection: asyncpg.Connection, events: list[ReceivedEvent]) -> set[EventKey]:
+    """Keep the events whose (source, id) is not kept yet (the first of a key given wins);
+    returns the keys of those kept now. `received_at` is each one's own (the timeline's order),
+    not the transaction's."""
+    rows = await connection.fetch(
+        """INSERT INTO patient_events (source, event_id, patient_id, type, time, body,
+                                      received_at)
+           SELECT source, event_id, patient_id, type, time, body::jsonb, clock_timestamp()
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+                       $6::text[])
+                WITH ORDINALITY AS received (source, event_id, patient_id, type, time, body,
+                                             number)
+           ORDER BY number
+           ON CONFLICT (source, event_id) DO NOTHING
+           RETURNING source, event_id""",
+        *_columns((e.source, e.event_id, e.patient_id, e.type, e.time, e.body) for e in events),
+    )
+    return {(row["source"], row["event_id"]) for row in rows}
+
+
+async def same_as_kept(connection: asyncpg.Connection, events: list[ReceivedEvent]) -> list[bool]:
+    """For each event, whether the event kept under its (source, id) has the same content (as
+    JSON values: key order, spacing and a number's spelling do not count)."""
+    rows = await connection.fetch(
+        """SELECT received.number, kept.body = received.body::jsonb AS same
+           FROM unnest($1::text[], $2::text[], $3::text[])
+                WITH ORDINALITY AS received (source, event_id, body, number)
+           JOIN patient_events kept USING (source, event_id)""",
+        *_columns((event.source, event.event_id, event.body) for event in events),
+    )
+    same = {row["number"]: row["same"] for row in rows}
+    return [same.get(number, False) for number in range(1, len(events) + 1)]
 
 
 async def patient_tasks(connection: asyncpg.Connection, patient_id: str) -> list[TaskView]:
@@ -136,9 +261,10 @@ async def insert_task(connection: asyncpg.Connection, values: dict[str, Any]) ->
 async def update_task(
     connection: asyncpg.Connection, task_id: UUID, values: dict[str, Any]
 ) -> TaskView:
+    # clock_timestamp(), not now(): one transaction may apply many determinations in turn.
     assignments = ", ".join(f"{column} = ${number}" for number, column in enumerate(values, 2))
     row = await connection.fetchrow(
-        f"""UPDATE tasks SET {assignments}, version = version + 1, updated_at = now()
+        f"""UPDATE tasks SET {assignments}, version = version + 1, updated_at = clock_timestamp()
             WHERE id = $1 RETURNING {TASK_COLUMNS}""",
         task_id,
         *values.values(),
@@ -146,60 +272,97 @@ async def update_task(
     return task_view(row)
 
 
-async def save_change(
-    connection: asyncpg.Connection,
-    task: TaskView,
-    change: str,
-    actor: str,
-    reason: str | None = None,
-    from_state: str | None = None,
-    details: dict[str, Any] | None = None,
-) -> TaskChange:
-    """Audit and queue one change of `task` (already written) for the task stream."""
-    await connection.execute(
-        """INSERT INTO task_audit (task_id, actor, change, from_state, to_state, reason, details)
-           VALUES ($1, $2, $3, $4, $5, $6, $7)""",
-        task.id,
-        actor,
-        change,
-        from_state,
-        task.state,
-        reason,
-        json.dumps(details or {}),
-    )
-    sequence = await connection.fetchval(
-        "UPDATE outbox_counter SET value = value + 1 RETURNING value"
-    )
-    patient_sequence = await connection.fetchval(
-        """INSERT INTO patient_sequences (patient_id, value) VALUES ($1, 1)
-           ON CONFLICT (patient_id) DO UPDATE SET value = patient_sequences.value + 1
-           RETURNING value""",
-        task.patient_id,
-    )
-    entry = TaskChange(
-        sequence=sequence,
-        patient_sequence=patient_sequence,
-        change=change,
-        actor=actor,
-        reason=reason,
-        at=task.updated_at,
-        task=task,
-    )
-    await connection.execute(
-        """INSERT INTO outbox (sequence, patient_id, patient_sequence, task_id, role, change,
-                               payload, traceparent)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
-        sequence,
-        task.patient_id,
-        patient_sequence,
-        task.id,
-        task.role,
-        change,
-        entry.model_dump_json(),
-        tracing.current(),
-    )
-    await connection.execute("SELECT pg_notify('painpath_outbox', $1)", str(sequence))
-    return entry
+class Changes:
+    """The task changes of one transaction: each audited (who, when, what, why) and queued in the
+    outbox with its sequences, all written by `flush` in a few statements before the commit.
+
+    `sequence` is gap-free: the counter's row is locked at the first change (and stays locked to
+    the commit, so transactions commit in sequence order), then counted on here.
+    """
+
+    def __init__(self, connection: asyncpg.Connection):
+        self._connection = connection
+        self._sequence: int | None = None
+        self._patient_sequences: dict[str, int] = {}
+        self._audit: list[tuple] = []
+        self._outbox: list[tuple] = []
+
+    async def save(
+        self,
+        task: TaskView,
+        change: str,
+        actor: str,
+        reason: str | None = None,
+        from_state: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> TaskChange:
+        """Audit and queue one change of `task` (already written) for the task stream."""
+        if self._sequence is None:
+            self._sequence = await self._connection.fetchval(
+                "SELECT value FROM outbox_counter FOR UPDATE"
+            )
+        patient_id = task.patient_id
+        if patient_id not in self._patient_sequences:
+            self._patient_sequences[patient_id] = (
+                await self._connection.fetchval(
+                    "SELECT value FROM patient_sequences WHERE patient_id = $1", patient_id
+                )
+                or 0
+            )
+        self._sequence += 1
+        self._patient_sequences[patient_id] += 1
+        entry = TaskChange(
+            sequence=self._sequence,
+            patient_sequence=self._patient_sequences[patient_id],
+            change=change,
+            actor=actor,
+            reason=reason,
+            at=task.updated_at,
+            task=task,
+        )
+        self._audit.append(
+            (task.id, actor, change, from_state, task.state, reason, json.dumps(details or {}))
+        )
+        self._outbox.append(
+            (
+                entry.sequence,
+                patient_id,
+                entry.patient_sequence,
+                task.id,
+                task.role,
+                change,
+                entry.model_dump_json(),
+                tracing.current(),
+            )
+        )
+        return entry
+
+    async def flush(self) -> None:
+        """Write the changes saved since the last flush (in the caller's transaction)."""
+        if not self._outbox:
+            return
+        await self._connection.executemany(
+            """INSERT INTO task_audit (task_id, actor, change, from_state, to_state, reason,
+                                       details)
+               VALUES ($1, $2, $3, $4, $5, $6, $7)""",
+            self._audit,
+        )
+        await self._connection.execute("UPDATE outbox_counter SET value = $1", self._sequence)
+        await self._connection.executemany(
+            """INSERT INTO patient_sequences (patient_id, value) VALUES ($1, $2)
+               ON CONFLICT (patient_id) DO UPDATE SET value = excluded.value""",
+            list(self._patient_sequences.items()),
+        )
+        await self._connection.executemany(
+            """INSERT INTO outbox (sequence, patient_id, patient_sequence, task_id, role, change,
+                                   payload, traceparent)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
+            self._outbox,
+        )
+        await self._connection.execute(
+            "SELECT pg_notify('painpath_outbox', $1)", str(self._sequence)
+        )
+        self._audit, self._outbox = [], []
 
 
 async def bookings(connection: asyncpg.Connection, excluding_patient: str) -> dict:

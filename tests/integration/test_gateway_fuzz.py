@@ -400,7 +400,7 @@ async def test_a_nul_anywhere_is_refused_and_the_coordinator_survives_one_sent_p
     pool = await asyncpg.create_pool(endpoints.database_url)
     coordinator = Coordinator(pool, load_templates(), load_roster(), date.today)
     try:
-        outcome = await coordinator.event_record(record)
+        [outcome] = await coordinator.event_records([record])
     finally:
         await pool.close()
 

@@ -1,0 +1,417 @@
+"""The coordinator applies each fetched batch in one transaction, idempotent by content.
+
+Against the real broker and PostgreSQL: a batch gives what its records give one by one; a batch
+delivered again changes nothing; a topic re-created (offsets from 0 again) with new
+determinations is applied; a record the database refuses loses none of its batch; a connection
+lost mid-batch is retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections import Counter
+from datetime import date, timedelta
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka.admin import AIOKafkaAdminClient
+
+from services.coordinator.consumer import BatchConsumer, Outcome
+from services.coordinator.scheduling import load_roster
+from services.coordinator.service import Coordinator
+from services.coordinator.store import PLANNING_LOCK
+from services.coordinator.templates import load_templates
+from shared.contract import AssessmentPart, Classification, Determination, Status
+from shared.db import migrate
+from shared.kafka import create_topics
+from shared.progress import Progress
+from shared.topics import DETERMINATIONS, EVENTS
+from tests.conftest import SENT_PATIENT_IDS
+from tests.faults.helpers import determination_feed, expected_tasks
+from tests.unit.coordinator.coordinator_samples import determination, identified
+
+pytestmark = pytest.mark.integration
+
+TODAY = date(2026, 3, 2)
+
+
+def as_record(item: Determination, offset: int, topic: str = "dets", partition: int = 0):
+    return ConsumerRecord(
+        topic,
+        partition,
+        offset,
+        0,
+        0,
+        item.patient_id.encode(),
+        item.model_dump_json().encode(),
+        None,
+        0,
+        0,
+        [],
+    )
+
+
+def decided(patient: str, status: Status, hours: int = 0, **details) -> Determination:
+    found = determination(status, **details).model_copy(update={"patient_id": patient})
+    found = found.model_copy(update={"as_of": found.as_of + timedelta(hours=hours)})
+    return identified(found)
+
+
+@pytest.fixture
+async def fresh_database(stack):
+    """Another empty database, migrated (for applying the same records a second way)."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(stack.database_url)
+    await admin.execute(f"CREATE DATABASE {name}")
+    await admin.close()
+    url = stack.database_url.replace("/postgres?", f"/{name}?")
+    await migrate(url)
+    yield url
+    admin = await asyncpg.connect(stack.database_url)
+    await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+    await admin.close()
+
+
+@pytest.fixture
+async def service(database_url):
+    await migrate(database_url)
+    pool = await asyncpg.create_pool(database_url)
+    yield Coordinator(pool, load_templates(), load_roster(), lambda: TODAY)
+    await pool.close()
+
+
+async def snapshot(pool) -> dict:
+    """Everything applying determinations writes, with task ids and clock times left out
+    (tasks are named by patient, key and their rank among the patient's tasks of that key)."""
+    tasks = await pool.fetch(
+        """SELECT id, patient_id, key, state, determination_id, assignee, created_on, due_on,
+                  scheduled_on, late, reason, cancel_reason, prerequisites, version
+           FROM tasks ORDER BY patient_id, created_at, key"""
+    )
+    names, seen = {}, {}
+    for task in tasks:
+        rank = seen[(task["patient_id"], task["key"])] = (
+            seen.get((task["patient_id"], task["key"]), 0) + 1
+        )
+        names[task["id"]] = (task["patient_id"], task["key"], rank)
+    outbox = []
+    for row in await pool.fetch("SELECT * FROM outbox ORDER BY sequence"):
+        payload = json.loads(row["payload"])
+        for volatile in ("id", "created_at", "updated_at"):
+            payload["task"].pop(volatile)
+        payload.pop("at")
+        outbox.append(
+            (
+                row["sequence"],
+                row["patient_sequence"],
+                names[row["task_id"]],
+                row["change"],
+                row["role"],
+                payload,
+            )
+        )
+    audit = [
+        (
+            names[row["task_id"]],
+            row["actor"],
+            row["change"],
+            row["from_state"],
+            row["to_state"],
+            row["reason"],
+        )
+        for row in await pool.fetch("SELECT * FROM task_audit ORDER BY id")
+    ]
+    return {
+        "tasks": [(names[t["id"]], *list(t.values())[1:]) for t in tasks],
+        "outbox": outbox,
+        "audit": audit,
+        "determinations": [
+            tuple(row)
+            for row in await pool.fetch(
+                "SELECT patient_id, determination_id, status, as_of FROM determinations ORDER BY id"
+            )
+        ],
+        "plans": [
+            tuple(row)
+            for row in await pool.fetch(
+                """SELECT p.patient_id, d.determination_id, d.as_of FROM care_plans p
+                   JOIN determinations d ON d.id = p.current_determination ORDER BY 1"""
+            )
+        ],
+        "counter": await pool.fetchval("SELECT value FROM outbox_counter"),
+    }
+
+
+async def same_task_ids(pool) -> None:
+    """Task ids from a sequence instead of random: the scheduler breaks ties between equally
+    pressing tasks by id, so two databases agree only when their ids come in the same order."""
+    await pool.execute(
+        """CREATE SEQUENCE test_task_ids;
+           ALTER TABLE tasks ALTER COLUMN id
+             SET DEFAULT lpad(to_hex(nextval('test_task_ids')), 32, '0')::uuid"""
+    )
+
+
+async def test_a_batch_applied_in_one_transaction_equals_its_records_applied_one_by_one(
+    service, fresh_database
+):
+    feed = determination_feed(patients=40, seed=61)
+    SENT_PATIENT_IDS.update(d.patient_id for d in feed)
+    records = [as_record(item, offset) for offset, item in enumerate(feed)]
+    patients = [d.patient_id for d in feed]
+    assert len(patients) > len(set(patients)), "some patient must have several in the batch"
+
+    await same_task_ids(service.pool)
+    batched = await service.determination_records(records)
+    one_by_one = Coordinator(
+        await asyncpg.create_pool(fresh_database), load_templates(), load_roster(), lambda: TODAY
+    )
+    await same_task_ids(one_by_one.pool)
+    singly = [(await one_by_one.determination_records([record]))[0] for record in records]
+
+    assert batched == singly == [Outcome.APPLIED] * len(records)
+    expected = await snapshot(one_by_one.pool)
+    assert expected["outbox"] and any(change[3] == "cancelled" for change in expected["outbox"])
+    assert await snapshot(service.pool) == expected
+    await one_by_one.pool.close()
+
+
+async def test_the_same_batch_again_changes_nothing_and_a_decision_come_back_is_applied(service):
+    patient = "pt-batch-again-01"
+    suspected = decided(patient, Status.REFRACTORY_SUSPECTED, missing=[AssessmentPart.DIAGNOSTIC])
+    confirmed = decided(
+        patient, Status.REFRACTORY_CONFIRMED, 1, classification=Classification.NEUROPATHIC
+    )
+    # The confirming event retracted: the same decision as before, made again later.
+    suspected_again = suspected.model_copy(update={"as_of": suspected.as_of + timedelta(hours=2)})
+    assert identified(suspected_again).determination_id == suspected.determination_id
+    records = [as_record(d, n) for n, d in enumerate([suspected, confirmed, suspected_again])]
+
+    assert await service.determination_records(records) == [Outcome.APPLIED] * 3
+    before = await snapshot(service.pool)
+    again = await service.determination_records(records)
+    # Re-sent (a classifier restarted): the decision followed already, at a later instant.
+    re_sent = suspected.model_copy(update={"as_of": suspected.as_of + timedelta(hours=3)})
+    [same_decision] = await service.determination_records([as_record(re_sent, 3)])
+    after = await snapshot(service.pool)
+
+    assert again == [Outcome.ALREADY_APPLIED] * 3
+    assert same_decision is Outcome.ALREADY_APPLIED
+    assert after["tasks"] == before["tasks"] and after["outbox"] == before["outbox"]
+    assert after["plans"] == [(patient, suspected.determination_id, re_sent.as_of)]
+    open_keys = [t[0][1] for t in after["tasks"] if t[3] in ("proposed", "accepted")]
+    assert len(open_keys) == len(set(open_keys))
+    assert {t[3] for t in after["tasks"]} == {"proposed", "cancelled"}  # confirmed's cancelled
+
+
+async def publish(settings, topic: str, items: list[Determination]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await producer.start()
+    for item in items:
+        await producer.send(
+            topic, key=item.patient_id.encode(), value=item.model_dump_json().encode()
+        )
+    await producer.flush()
+    await producer.stop()
+
+
+async def consume(settings, service, topic: str, group: str, count: int, apply=None):
+    """Run a `BatchConsumer` of `group` until `count` records are processed; the outcomes."""
+    outcomes: list[Outcome] = []
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=2000,
+        heartbeat_interval_ms=600,
+        fetch_max_wait_ms=50,
+    )
+    await consumer.start()
+    running = BatchConsumer(
+        "determinations",
+        consumer,
+        apply or service.determination_records,
+        Progress(60),
+        lambda outcome, seconds: outcomes.append(outcome),
+    )
+    task = asyncio.create_task(running.run())
+    try:
+        async with asyncio.timeout(60):
+            while len(outcomes) < count:
+                await asyncio.sleep(0.05)
+    finally:
+        running.stop()
+        await task
+        await consumer.stop()
+    return outcomes, running
+
+
+async def test_a_redelivered_topic_changes_nothing_and_a_recreated_one_is_applied(
+    service, settings
+):
+    topic = DETERMINATIONS.full_name(settings.kafka_topic_prefix)
+    patients = [f"pt-batch-topic-{n:02d}" for n in range(6)]
+    SENT_PATIENT_IDS.update(patients)
+    first = [
+        decided(p, Status.REFRACTORY_SUSPECTED, missing=[AssessmentPart.DIAGNOSTIC])
+        for p in patients
+    ]
+    await publish(settings, topic, first)
+    outcomes, _ = await consume(settings, service, topic, f"g-{uuid.uuid4().hex}", len(first))
+    assert outcomes == [Outcome.APPLIED] * len(first)
+    applied = await snapshot(service.pool)
+
+    # Every record again, in batches (a new group reads from offset 0).
+    again, _ = await consume(settings, service, topic, f"g-{uuid.uuid4().hex}", len(first))
+    assert again == [Outcome.ALREADY_APPLIED] * len(first)
+    assert await snapshot(service.pool) == applied
+
+    # The topic re-created: new determinations at the offsets the old ones had.
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    await admin.delete_topics([topic])
+    await admin.close()
+    await asyncio.sleep(0.5)
+    await create_topics(settings, settings.kafka_bootstrap_servers, (DETERMINATIONS,))
+    second = [
+        decided(p, Status.REFRACTORY_CONFIRMED, 1, classification=Classification.MIXED)
+        for p in patients
+    ]
+    await publish(settings, topic, second)
+    group = f"g-{uuid.uuid4().hex}"
+    recreated, _ = await consume(settings, service, topic, group, len(second))
+    rows = await service.pool.fetch(
+        "SELECT topic, kafka_partition, kafka_offset FROM determinations"
+    )
+
+    assert recreated == [Outcome.APPLIED] * len(second)
+    offsets = [(r["topic"], r["kafka_partition"], r["kafka_offset"]) for r in rows]
+    assert len(offsets) > len(set(offsets)), "the new records reused the old offsets"
+    plans = (await snapshot(service.pool))["plans"]
+    assert [(p, d) for p, d, _ in plans] == sorted(
+        (d.patient_id, d.determination_id) for d in second
+    )
+
+
+async def test_records_the_database_refuses_lose_none_of_their_batch(service, settings):
+    topic = DETERMINATIONS.full_name(settings.kafka_topic_prefix)
+    good = [
+        decided(
+            f"pt-batch-poison-{n:02d}",
+            Status.REFRACTORY_SUSPECTED,
+            missing=[AssessmentPart.DIAGNOSTIC],
+        )
+        for n in range(4)
+    ]
+    SENT_PATIENT_IDS.update(d.patient_id for d in good)
+    nul = decided("pt-batch-poison-\x00", Status.RESPONDING)  # valid JSON, no text column takes it
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await producer.start()
+    key = good[0].patient_id.encode()  # one partition: one batch, in this order
+    for value in (
+        good[0].model_dump_json().encode(),
+        nul.model_dump_json().encode(),
+        good[1].model_dump_json().encode(),
+        b"{not json",
+        json.dumps({**json.loads(good[2].model_dump_json()), "status": "bogus"}).encode(),
+        good[2].model_dump_json().encode(),
+        good[3].model_dump_json().encode(),
+    ):
+        await producer.send(topic, key=key, value=value)
+    await producer.flush()
+    await producer.stop()
+
+    outcomes, _ = await consume(settings, service, topic, f"g-{uuid.uuid4().hex}", 7)
+    recorded = await service.pool.fetchval("SELECT count(*) FROM determinations")
+    planned = await service.pool.fetchval("SELECT count(DISTINCT patient_id) FROM tasks")
+
+    applied, unreadable = Outcome.APPLIED, Outcome.UNREADABLE
+    assert outcomes == [applied, unreadable, applied, unreadable, unreadable, applied, applied]
+    assert recorded == planned == 4
+
+
+async def test_events_the_database_refuses_or_repeats_lose_none_of_their_batch(service, settings):
+    patient = "pt-batch-events-01"
+    SENT_PATIENT_IDS.add(patient)
+
+    def event(number: int, **extra) -> dict:
+        return {
+            "specversion": "1.0",
+            "id": f"batch-ev-{number}",
+            "source": "urn:hospital:st-olaf:ehr",
+            "type": "pain.score.recorded.v1",
+            "time": f"2026-01-0{number}T09:00:00Z",
+            "data": {"patient_id": patient, "score": number},
+        } | extra
+
+    values = [
+        json.dumps(event(1)),
+        json.dumps({**event(2), "note": "seen by Dr A\x00"}),  # jsonb takes no \u0000
+        json.dumps(event(3)),
+        json.dumps(event(1), indent=2),  # the same event again, spelled otherwise
+        json.dumps({**event(1), "data": {"patient_id": patient, "score": 9}}),  # its id reused
+        json.dumps(event(4)),
+    ]
+    records = [
+        ConsumerRecord(EVENTS.name, 0, n, 0, 0, patient.encode(), v.encode(), None, 0, 0, [])
+        for n, v in enumerate(values)
+    ]
+
+    outcomes = await service.event_records(records)
+    again = await service.event_records(records)
+    kept = await service.pool.fetch("SELECT event_id, body FROM patient_events ORDER BY event_id")
+
+    a, d, c, u = Outcome.APPLIED, Outcome.ALREADY_APPLIED, Outcome.CONFLICT, Outcome.UNREADABLE
+    assert outcomes == [a, u, a, d, c, a]
+    assert again == [d, u, d, d, c, d]
+    assert [row["event_id"] for row in kept] == ["batch-ev-1", "batch-ev-3", "batch-ev-4"]
+    assert json.loads(kept[0]["body"])["data"]["score"] == 1  # the first one stays
+
+
+async def test_a_connection_lost_mid_batch_is_retried_and_applies_everything_once(
+    service, settings
+):
+    topic = DETERMINATIONS.full_name(settings.kafka_topic_prefix)
+    feed = determination_feed(patients=12, seed=67)
+    SENT_PATIENT_IDS.update(d.patient_id for d in feed)
+    holder = await asyncpg.connect(settings.database_url.get_secret_value())
+    transaction = holder.transaction()
+    await transaction.start()
+    await holder.execute("SELECT pg_advisory_xact_lock($1)", PLANNING_LOCK)
+    await publish(settings, topic, feed)
+    consuming = asyncio.create_task(
+        consume(settings, service, topic, f"g-{uuid.uuid4().hex}", len(feed))
+    )
+    for _ in range(200):  # the batch's transaction waits for the planning lock
+        waiting = await holder.fetch(
+            """SELECT l.pid FROM pg_locks l
+               WHERE l.locktype = 'advisory' AND NOT l.granted"""
+        )
+        if waiting:
+            break
+        await asyncio.sleep(0.05)
+    assert waiting, "the batch never started"
+    for row in waiting:  # its connection is lost mid-batch
+        await holder.execute("SELECT pg_terminate_backend($1)", row["pid"])
+    await asyncio.sleep(1.0)
+    await transaction.rollback()
+    await holder.close()
+    outcomes, consumer = await consuming
+
+    assert consumer.retries >= 1 and consumer.database_ok
+    assert outcomes.count(Outcome.APPLIED) == len(feed)
+    state = await snapshot(service.pool)
+    assert len(state["determinations"]) == len(feed)
+    assert state["counter"] == len(state["outbox"]) == len({c[0] for c in state["outbox"]})
+    tasks = Counter(
+        tuple(row)
+        for row in await service.pool.fetch(
+            "SELECT patient_id, key, state, determination_id FROM tasks"
+        )
+    )
+    assert tasks == expected_tasks(feed)
