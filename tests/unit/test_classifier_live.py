@@ -10,8 +10,7 @@ import pytest
 from services.classifier.policy import load_policy
 from services.classifier.stream import Classifier, PartitionState
 from shared.settings import Settings
-from shared.stack import Endpoints
-from tests.unit.test_quarantine import PARTITION, Record, RecordingProducer, score
+from tests.unit.test_quarantine import PARTITION, Record, RecordingProducer, brokerless, score
 
 AS_OF = datetime(2026, 6, 30, tzinfo=UTC)
 LIVE, BACKLOG = b"pt-live-000001", b"pt-backlog-000002"
@@ -19,15 +18,7 @@ LIVE, BACKLOG = b"pt-live-000001", b"pt-backlog-000002"
 
 @pytest.fixture
 def worker() -> Classifier:
-    endpoints = Endpoints(
-        bootstrap_servers="localhost:1",
-        database_url="postgresql://unused",
-        api_keys=[],
-        coordinator_tokens=[],
-        pseudonym_key=None,
-        local=False,
-    )
-    worker = Classifier(Settings(_env_file=None), endpoints, load_policy(), clock=lambda: AS_OF)
+    worker = Classifier(Settings(_env_file=None), brokerless(), load_policy(), clock=lambda: AS_OF)
     worker.producer = RecordingProducer()
     worker.owned[PARTITION] = PartitionState(next_offset=0, committed=0)
     return worker

@@ -81,11 +81,9 @@ def admit(classifier: Classifier, record: Record):
     return classifier._admit(classifier.owned[PARTITION], PARTITION, record)
 
 
-@pytest.fixture
-def classifier(monkeypatch) -> Classifier:
-    """A worker owning one partition with a poison and a good patient, two events each, both
-    dirty; `evaluate` raises OverflowError for the poison patient."""
-    endpoints = Endpoints(
+def brokerless() -> Endpoints:
+    """Endpoints no client is ever started against (the sends go to a RecordingProducer)."""
+    return Endpoints(
         bootstrap_servers="localhost:1",
         database_url="postgresql://unused",
         api_keys=[],
@@ -93,7 +91,13 @@ def classifier(monkeypatch) -> Classifier:
         pseudonym_key=None,
         local=False,
     )
-    worker = Classifier(Settings(), endpoints, load_policy(), clock=lambda: AS_OF)
+
+
+@pytest.fixture
+def classifier(monkeypatch) -> Classifier:
+    """A worker owning one partition with a poison and a good patient, two events each, both
+    dirty; `evaluate` raises OverflowError for the poison patient."""
+    worker = Classifier(Settings(), brokerless(), load_policy(), clock=lambda: AS_OF)
     worker.producer = RecordingProducer()
     worker.owned[PARTITION] = PartitionState(next_offset=0, committed=0)
     offset = 0
