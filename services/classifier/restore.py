@@ -215,6 +215,7 @@ async def assign(
         **options, enable_auto_commit=False, fetch_max_wait_ms=50, auto_offset_reset="earliest"
     )
     await reader.start()
+    now = datetime.now(UTC)  # the instant the re-evaluation is judged at, and recorded as
     try:
         restored = await restore(
             reader,
@@ -223,7 +224,7 @@ async def assign(
             committed=committed,
             stores=stores,
             policy=policy,
-            now=datetime.now(UTC),
+            now=now,
             reevaluate_seconds=reevaluate_seconds,
         )
     except BaseException:
@@ -232,7 +233,6 @@ async def assign(
         raise
     finally:
         await reader.stop()
-    now = datetime.now(UTC)
     states = {}
     for partition, result in restored.items():
         offset = committed[partition]
