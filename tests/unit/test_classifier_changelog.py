@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zlib
 from datetime import UTC, datetime
 
 import pytest
@@ -18,6 +19,7 @@ from services.classifier.changelog import (
     patient_records,
 )
 from services.classifier.store import LocalStore, Meta
+from shared.contract import ContractViolation, parse_event
 
 STATE = PatientState(
     events={
@@ -53,6 +55,33 @@ def test_the_state_is_compressed():
     }
     document = encode_state(PatientState(texts, None, False, False))
     assert len(document) < sum(len(t) for t in texts.values()) / 4
+
+
+def test_a_state_written_in_the_length_prefixed_format_2_is_still_read():
+    """Local stores and changelogs written before the NUL-joined format keep working."""
+    parts = []
+    for key, text in STATE.events.items():
+        parts += (len(key.encode()).to_bytes(2, "big"), key.encode())
+        parts += (len(text.encode()).to_bytes(4, "big"), text.encode())
+    published = STATE.published.encode()
+    document = bytes((2, 1, len(published))) + published + zlib.compress(b"".join(parts))
+
+    assert decode_state(document) == STATE
+
+
+def test_a_text_with_a_nul_would_not_survive_so_the_contract_refuses_one():
+    """The format joins texts with NUL: a JSON text holds none unescaped, and the contract
+    refuses an escaped one."""
+    escaped = (
+        '{"specversion":"1.0","id":"a\\u0000b","source":"s","type":"pain.score.recorded.v1",'
+        '"time":"2026-01-01T00:00:00Z","data":{"patient_id":"p","score":1}}'
+    )
+    assert "\\u0000" in escaped
+    with pytest.raises(ContractViolation) as refused:
+        parse_event(escaped)
+    assert [v.field for v in refused.value.violations] == ["id"]
+    with pytest.raises(ContractViolation):
+        parse_event(escaped.replace("\\u0000", "\x00"))  # a raw NUL: not JSON
 
 
 def test_an_unknown_format_is_refused():
