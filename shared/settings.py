@@ -87,7 +87,8 @@ class Settings(BaseSettings):
     classifier_reevaluate_seconds: float = Field(default=3600, gt=0, le=86400)
     classifier_as_of: AwareDatetime | None = None
     classifier_session_timeout_seconds: float = Field(default=10, gt=0)
-    classifier_cache_patients: int = Field(default=50_000, gt=0)
+    # Parsed events kept for the patients of live traffic (about 2 KB each), per worker.
+    classifier_cache_events: int = Field(default=20_000, ge=0)
     classifier_fetch_wait_ms: int = Field(default=20, ge=0)
     classifier_max_batch: int = Field(default=10_000, gt=0)
     classifier_decision_delay_seconds: float = Field(default=5, ge=0)

@@ -131,7 +131,7 @@ async def decide(
     policy: Policy,
     now: datetime,
     *,
-    touched: Callable[[PatientHistory], None],
+    decided: Callable[[bytes, PatientHistory], None],
     metrics: Metrics,
     set_aside: SetAside,
 ) -> tuple[list[Decided], int]:
@@ -152,7 +152,7 @@ async def decide(
             except Exception as error:
                 set_aside(key, mark.partition, state, history, error, now)
             else:
-                touched(history)
+                decided(key, history)
                 metrics.decided.inc()
                 if mark.timestamp_ms is not None:
                     metrics.latency.observe(max(0.0, time.time() - mark.timestamp_ms / 1000))

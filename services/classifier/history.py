@@ -5,9 +5,11 @@ with the same content is a duplicate and changes nothing; with other content it 
 and is refused (the first one wins). Both the streaming service and `painpath classify` admit
 events through here, so they always agree on what a patient's history is.
 
-The history keeps the events' original JSON texts in arrival order, exactly what was received,
-and the parsed events beside them; the streaming classifier drops the parsed events of patients
-it has not decided for a while (`forget_parsed`) and parses them again when needed.
+The history keeps the events' original JSON texts in arrival order, exactly what was received.
+Parsed events cost about four times their text in memory (about 2 KB each, pydantic models), so
+the streaming classifier keeps them only for patients it decides for live traffic (a bounded
+cache, `ParsedCache`) and parses the texts again when it decides anyone else; `painpath
+classify` keeps them (`keeping_parsed`), since it decides every patient once, at the end.
 """
 
 from __future__ import annotations
@@ -38,8 +40,13 @@ def _canonical(text: str) -> str:
 class PatientHistory:
     raw: dict[str, str] = field(default_factory=dict)  # (source, id) key -> original JSON text
     published: str | None = None  # the determination id last published for this patient
-    # Parsed events beside the texts; None once dropped to save memory (parsed again on use).
-    _parsed: list[Event] | None = field(default_factory=list)
+    # Parsed events beside the texts, or None (the texts only: parsed again on use).
+    _parsed: list[Event] | None = None
+
+    @classmethod
+    def keeping_parsed(cls) -> PatientHistory:
+        """A history that keeps the parsed events of what it admits beside their texts."""
+        return cls(_parsed=[])
 
     def admit(self, event: Event, text: str) -> Admission:
         key = _key(event)
@@ -58,7 +65,8 @@ class PatientHistory:
 
     @property
     def events(self) -> list[Event]:
-        """The admitted events, parsed once per process (they were valid when admitted)."""
+        """The admitted events; parsed from the texts when not kept (they were valid when
+        admitted), and kept from then on until `forget_parsed`."""
         if self._parsed is None:
             self._parsed = [parse_event(text) for text in self.raw.values()]
         return self._parsed

@@ -75,7 +75,7 @@ def _read(lines: Iterable[bytes | str]) -> _Read:
         patient_id = event.patient_id
         history = read.histories.get(patient_id)
         if history is None:
-            history = read.histories[patient_id] = PatientHistory()
+            history = read.histories[patient_id] = PatientHistory.keeping_parsed()
             read.lines[patient_id] = []
         admission = history.admit(event, text.strip())
         if admission is Admission.CONFLICT:

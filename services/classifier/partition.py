@@ -28,18 +28,50 @@ class PartitionState:
 
 
 class ParsedCache:
-    """Which histories keep their parsed events (the rest keep only their texts): bounded memory."""
+    """The histories that keep their parsed events: those of patients decided for live traffic,
+    up to `events` parsed events in all, least recently decided dropped first. A patient with
+    live traffic is decided again on each of its events, and parsing its whole history again
+    each time would cost more than the decision; a patient decided in a backfill's pass is not
+    decided again soon, so it keeps only its texts (its parsed events would cost about 2 KB
+    each, four times the text)."""
 
-    def __init__(self, size: int):
-        self._size = size
-        self._order: OrderedDict[int, PatientHistory] = OrderedDict()
+    def __init__(self, events: int):
+        self._limit = events
+        self._order: OrderedDict[int, tuple[PatientHistory, int]] = OrderedDict()
+        self._events = 0
 
-    def touch(self, history: PatientHistory) -> None:
-        self._order[id(history)] = history
-        self._order.move_to_end(id(history))
-        while len(self._order) > self._size:
-            _, evicted = self._order.popitem(last=False)
+    def __contains__(self, history: PatientHistory) -> bool:
+        return id(history) in self._order
+
+    def keep(self, history: PatientHistory) -> None:
+        """Keep `history`'s parsed events (the most recently decided); drop the oldest others'
+        while the cache holds more than its limit."""
+        known = self._order.pop(id(history), None)
+        if known is not None:
+            self._events -= known[1]
+        count = len(history.raw)
+        self._order[id(history)] = (history, count)
+        self._events += count
+        while self._events > self._limit and self._order:
+            _, (evicted, evicted_count) = self._order.popitem(last=False)
+            self._events -= evicted_count
             evicted.forget_parsed()
 
+    def decided(self, history: PatientHistory, live: bool) -> None:
+        """After a decision: kept when live; otherwise its parsed events are dropped, unless the
+        cache keeps them already."""
+        if live:
+            self.keep(history)
+        elif id(history) not in self._order:
+            history.forget_parsed()
+
+    @property
+    def events(self) -> int:
+        """The parsed events kept (as counted when each history was last kept)."""
+        return self._events
+
     def clear(self) -> None:
+        for history, _ in self._order.values():
+            history.forget_parsed()
         self._order.clear()
+        self._events = 0

@@ -186,7 +186,7 @@ def _rebuild(
     restored.determinations_offset = marker.determinations_offset if marker else 0
     for key, document in documents.items():
         state = decode_state(document)
-        history = PatientHistory(raw=state.events, published=state.published, _parsed=None)
+        history = PatientHistory(raw=state.events, published=state.published)
         restored.patients[key] = history
         if state.dirty or state.quarantined:
             restored.flagged.add(key)

@@ -122,7 +122,7 @@ class Classifier:
         self.pass_cost = PassCost()
         self._dirty_events_at: tuple[float, int] = (-1e9, 0)  # (when counted, events)
         self.restoring = False
-        self.parsed = ParsedCache(settings.classifier_cache_patients)
+        self.parsed = ParsedCache(settings.classifier_cache_events)
         self._lock = asyncio.Lock()
         self.delivery = Delivery(self.metrics.commit_failures)
         self._last_checkpoint = time.monotonic()
@@ -298,13 +298,6 @@ class Classifier:
         return admission
 
     def _is_live(self, timestamp_ms: int | None) -> bool:
-        return (
-            timestamp_ms is not None
-            and self._live_ms > 0
-            and time.time() * 1000 - timestamp_ms <= self._live_ms
-        )
-
-    def _is_live(self, timestamp_ms: int | None) -> bool:
         """Read within CLASSIFIER_LIVE_SECONDS of its broker timestamp."""
         return (
             timestamp_ms is not None
@@ -415,13 +408,14 @@ class Classifier:
             dirty = {key: self.dirty.pop(key) for key in only if key in self.dirty}
             if not self.dirty:
                 self.dirty_since = None
-        self.live = set()
+        live, self.live = self.live, set()
         changed, events = await decide(
             dirty,
             self.owned,
             self.policy,
             self.clock(),
-            touched=self.parsed.touch,
+            # Live patients keep their parsed events for their next event; others only texts.
+            decided=lambda key, history: self.parsed.decided(history, key in live),
             metrics=self.metrics,
             set_aside=self._quarantine,
         )

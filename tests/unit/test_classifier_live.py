@@ -56,3 +56,25 @@ def test_zero_seconds_turns_it_off(worker):
     worker._live_ms = 0
     admit(worker, LIVE, 1, age_s=-1)  # a clock a second ahead
     assert worker.live == set()
+
+
+async def test_a_live_patient_keeps_its_parsed_events_and_a_backlog_one_only_its_texts(worker):
+    admit(worker, LIVE, 1, age_s=0)
+    admit(worker, BACKLOG, 0, age_s=30)
+
+    await worker._decide_dirty()
+
+    patients = worker.owned[PARTITION].patients
+    assert patients[LIVE]._parsed is not None and patients[LIVE] in worker.parsed
+    assert patients[BACKLOG]._parsed is None  # parsed again if ever decided again
+    assert worker.parsed.events == 1
+
+
+async def test_a_cached_patient_s_new_event_is_parsed_once_on_admission(worker):
+    admit(worker, LIVE, 1, age_s=0)
+    await worker._decide_dirty()
+    admit(worker, LIVE, 2, age_s=0)
+
+    history = worker.owned[PARTITION].patients[LIVE]
+    assert [event.id for event in history._parsed] == [event.id for event in history.events]
+    assert len(history._parsed) == 2

@@ -32,8 +32,17 @@ def test_the_same_event_again_is_a_duplicate_and_other_content_a_conflict():
     assert [event.data.score for event in history.events] == [5]
 
 
-def test_a_history_that_forgot_its_parsed_events_parses_them_again():
+def test_a_history_keeps_only_texts_by_default_and_parses_them_when_asked():
     history = PatientHistory()
+    text = line(id="e0", score=1)
+    history.admit(parse_event(text), text)
+
+    assert history._parsed is None  # texts only
+    assert [event.id for event in history.events] == ["e0"]
+
+
+def test_a_history_that_forgot_its_parsed_events_parses_them_again():
+    history = PatientHistory.keeping_parsed()
     for number in range(3):
         text = line(id=f"e{number}", score=number)
         history.admit(parse_event(text), text)

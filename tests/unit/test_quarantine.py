@@ -289,7 +289,7 @@ def test_a_history_can_hold_an_event_past_the_contract_s_bounds_and_evaluate_fai
     beyond = good.model_copy(
         update={"time": datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=23, minutes=59)))}
     )
-    history = PatientHistory()
+    history = PatientHistory.keeping_parsed()  # the parsed event, not its stand-in text, decides
     history.admit(beyond, "{}")
     from services.classifier.offline import _decide
 
