@@ -82,7 +82,10 @@ def evaluate(events: Iterable[Event], policy: Policy, as_of: datetime) -> Determ
         "failed_classes": failures.classes,
         "combination_failed": combinations.failed_count > 0,
         "missing_assessments": assessed.missing,
-        "evidence_event_ids": [EventRef(source=event.source, id=event.id) for event in evidence],
+        # The contract validated each source and id when the event was admitted.
+        "evidence_event_ids": [
+            EventRef.model_construct(source=event.source, id=event.id) for event in evidence
+        ],
         "trials": [_trial_entry(trial) for trial in trials],
     }
     return Determination(

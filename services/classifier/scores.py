@@ -9,6 +9,7 @@ from TOML) is read as the nearest fraction with a denominator of at most a milli
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,8 +21,10 @@ from services.classifier.policy import Policy
 from shared.contract import Reason, ScoreRecorded
 
 
+@lru_cache(maxsize=4096, typed=True)  # a few distinct scores and settings, read again and again
 def exact(value: Decimal | float) -> Fraction:
-    """A score, dose or setting as the exact number it was written as."""
+    """A score, dose or setting as the exact number it was written as (a Fraction is
+    immutable: one may be shared by every caller)."""
     if isinstance(value, Decimal):
         return Fraction(value)
     return Fraction(value).limit_denominator(1_000_000)
