@@ -143,6 +143,7 @@ FIGURES: dict[str, tuple[str, str]] = {
     "classifier_two_workers_start_s": ("start-up to first record, two workers", "s"),
     "classifier_restart_restore_s": ("one worker restarted: restoring", "s"),
     "classifier_takeover_ready_s": ("takeover by a new worker: to ready", "s"),
+    "classifier_loop_stall_max_s": ("longest a worker's event loop was held", "s"),
     "determination_mismatches_one_worker": ("determination mismatches, one worker", ""),
     "determination_mismatches_two_workers": ("determination mismatches, two workers", ""),
     "gateway_eps": ("gateway ingest, batches of 500", "events/s"),

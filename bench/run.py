@@ -247,6 +247,18 @@ async def classifier_run(
             lag_zero = time.monotonic() - started
             if workers == 1:
                 result["memory"] = await memory_per_event(client, services[0], state_less_rss)
+            # The longest the worker's event loop was held (its heartbeats wait meanwhile).
+            result["loop_stall_max_s"] = round(
+                max(
+                    [
+                        await metric_total(
+                            client, [service], "painpath_classifier_loop_stall_max_seconds"
+                        )
+                        for service in services
+                    ]
+                ),
+                3,
+            )
             # Who had the CPU meanwhile: the workers and the broker share the machine's cores.
             broker_cpu = cpu_seconds(bench.broker_pid)
             result["cpu_seconds"] = {
@@ -350,7 +362,10 @@ async def takeover(newcomer: Service, events: int) -> dict:
         "events": events,
         "seconds_to_ready": round(ready, 2),
         "restore_seconds": round(restoring, 2),
-        "seconds_to_ready_per_1m": per_million(ready, events),
+        # The restore scaled to a million events; the start and the join, which do not grow
+        # with the state, as measured.
+        "seconds_to_ready_per_1m": projected_1m(ready, ready - restoring, events)[0],
+        "seconds_to_ready_scaled_whole_per_1m": per_million(ready, events),
     }
 
 
@@ -1047,6 +1062,10 @@ def figures_of(result: dict) -> dict:
         "classifier_two_workers_start_s": two.get("seconds_to_first_record"),
         "classifier_restart_restore_s": one.get("restart", {}).get("restore_seconds"),
         "classifier_takeover_ready_s": one.get("takeover", {}).get("seconds_to_ready"),
+        "classifier_loop_stall_max_s": max(
+            (run["loop_stall_max_s"] for run in (one, two) if "loop_stall_max_s" in run),
+            default=None,
+        ),
         "determination_mismatches_one_worker": one.get("check", {}).get("mismatches"),
         "determination_mismatches_two_workers": two.get("check", {}).get("mismatches"),
         "gateway_eps": result.get("gateway", {}).get("eps"),

@@ -178,7 +178,7 @@ class Bench:
             "LOG_LEVEL": "INFO",
             # Determinations made at one instant, so that runs and the reference compare.
             "CLASSIFIER_AS_OF": self.as_of,
-            "CLASSIFIER_SESSION_TIMEOUT_SECONDS": "6",
+            "CLASSIFIER_SESSION_TIMEOUT_SECONDS": "3",
             "COORDINATOR_SESSION_TIMEOUT_SECONDS": "6",
         }
 

@@ -33,6 +33,7 @@ def create_app(settings: Settings, endpoints: Endpoints, policy: Policy) -> Fast
     async def lifespan(app: FastAPI):
         await classifier.start()
         task = asyncio.create_task(classifier.run(), name="classifier")
+        watcher = asyncio.create_task(classifier.metrics.loop.watch(), name="loop-stalls")
 
         def stopped(task: asyncio.Task) -> None:
             if not task.cancelled() and task.exception() is not None:
@@ -51,6 +52,7 @@ def create_app(settings: Settings, endpoints: Endpoints, policy: Policy) -> Fast
         try:
             yield
         finally:
+            watcher.cancel()
             classifier.request_stop()
             try:
                 await asyncio.wait_for(asyncio.shield(task), STOP_TIMEOUT)

@@ -5,11 +5,13 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from shared.contract import Status
+from shared.loop_stall import LoopStalls
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.loop = LoopStalls(self.registry, "painpath_classifier")
         self.events = Counter(
             "painpath_classifier_events",
             "Input records, by outcome",
