@@ -9,13 +9,13 @@ from TOML) is read as the nearest fraction with a denominator of at most a milli
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
+from functools import lru_cache
 
 from services.classifier.policy import Policy
 from shared.contract import Reason, ScoreRecorded
