@@ -44,3 +44,20 @@ class LoopStalls:
             asked = time.monotonic()
             await asyncio.sleep(interval)
             self.observe(time.monotonic() - asked - interval)
+
+
+class TimeSlice:
+    """Long work in slices: `await pause()` between items gives the loop back once `seconds`
+    passed since it last did (the heartbeats, `/readyz` and `/metrics` run meanwhile), and
+    costs a clock reading otherwise. Slicing by time, not by a count of items, holds whatever
+    an item costs and however busy the machine is."""
+
+    def __init__(self, seconds: float = 0.05) -> None:
+        self._seconds = seconds
+        self._since = time.monotonic()
+
+    async def pause(self) -> None:
+        now = time.monotonic()
+        if now - self._since >= self._seconds:
+            await asyncio.sleep(0)
+            self._since = time.monotonic()

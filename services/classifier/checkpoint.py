@@ -17,6 +17,7 @@ from services.classifier.changelog import patient_records as records_of
 from services.classifier.delivery import offset_of
 from services.classifier.partition import PartitionState
 from services.classifier.store import Meta
+from shared.loop_stall import TimeSlice
 
 Send = Callable[[bytes, bytes, int], object]  # (value, key, partition) -> the queued send
 
@@ -52,6 +53,7 @@ async def write_checkpoint(
     """Write a checkpoint of every partition with changes; the records written."""
     written = {}
     records = 0
+    slices = TimeSlice()
     for partition, state in owned.items():
         if not changes(state):
             continue
@@ -73,6 +75,7 @@ async def write_checkpoint(
             for record_key, value in records_of(key, document, state.sequence):
                 send(value, record_key, partition)
                 records += 1
+            await slices.pause()
         marker = Marker(
             checkpoint_id=uuid.uuid4().hex,
             sequence=state.sequence,

@@ -10,7 +10,6 @@ hundred events in a backfill is decided a few times, not a hundred.
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import json
 import time
@@ -24,8 +23,9 @@ from services.classifier.partition import PartitionState
 from services.classifier.policy import Policy
 from services.classifier.records import DecisionFailure
 from services.classifier.rules import evaluate
+from shared.loop_stall import TimeSlice
 
-YIELD_EVERY = 200  # patients decided between two yields to the event loop
+FREEZE_EVERY = 200  # patients decided between two freezes of what the pass allocated
 CAUGHT_UP_RECORDS = 1_000  # below this lag a worker decides at once: latency over batching
 DECISION_SHARE = 4  # during a backfill, wait 4x a pass's expected duration: a fifth deciding
 QUARANTINE = "quarantine"  # the dead-letter kind of a patient set aside
@@ -141,6 +141,7 @@ async def decide(
     (the bulkhead: no rule's bug may stop the worker) and every other one goes on."""
     changed = []
     events = 0
+    slices = TimeSlice()
     for done, (key, mark) in enumerate(dirty.items(), start=1):
         state = owned.get(mark.partition)
         history = state.patients.get(key) if state is not None else None
@@ -167,7 +168,7 @@ async def decide(
                             mark.parent,
                         )
                     )
-        if done % YIELD_EVERY == 0:
+        if done % FREEZE_EVERY == 0:
             gc.freeze()  # what the pass allocated so far stays out of the collector's way
-            await asyncio.sleep(0)  # health and metrics stay answered during a long pass
+        await slices.pause()  # heartbeats, health and metrics stay answered during a long pass
     return changed, events

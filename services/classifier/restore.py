@@ -39,6 +39,7 @@ from services.classifier.partition import PartitionState
 from services.classifier.store import LocalStore, Meta
 from shared.kafka import end_offsets
 from shared.logging import get_logger
+from shared.loop_stall import TimeSlice
 
 log = get_logger("painpath.classifier.restore")
 
@@ -106,7 +107,7 @@ async def restore(
     results: dict[int, Restored] = {}
     for partition, tail in tails.items():
         assert tail is not None  # a store without a checkpoint cannot be stale
-        results[partition] = _rebuild(
+        results[partition] = await _rebuild(
             stores[partition], metas[partition], tail, committed[partition]
         )
     starts = {p: r.determinations_offset for p, r in results.items()}
@@ -163,7 +164,7 @@ async def _read_changelog(
     return tails
 
 
-def _rebuild(
+async def _rebuild(
     store: LocalStore, meta: Meta | None, tail: ChangelogReader, committed: int | None
 ) -> Restored:
     documents = dict(store.documents()) if meta is not None else {}
@@ -184,7 +185,9 @@ def _rebuild(
     if tail.marker is not None:
         store.write(tail.documents, Meta(tail.marker, tail.marker_offset + 1))
     restored.determinations_offset = marker.determinations_offset if marker else 0
+    slices = TimeSlice()
     for key, document in documents.items():
+        await slices.pause()
         state = decode_state(document)
         history = PatientHistory(raw=state.events, published=state.published)
         restored.patients[key] = history
