@@ -178,6 +178,11 @@ def create_app(
         ]
         for consumer in kafka_consumers:
             await consumer.start()
+        events_topic = EVENTS.full_name(prefix)
+        await kafka_consumers[1].topics()  # the cluster's metadata: the input's partition count
+        coordinator.event_partitions = (
+            len(kafka_consumers[1].partitions_for_topic(events_topic) or ()) or None
+        )
         consumers = [
             BatchConsumer(
                 name,

@@ -45,7 +45,8 @@ class Outcome(Enum):
     APPLIED = "applied"
     ALREADY_APPLIED = "already_applied"
     CONFLICT = "conflict"  # an event's (source, id) kept already with other content: first wins
-    UNREADABLE = "unreadable"
+    UNREADABLE = "unreadable"  # a determination that cannot be read
+    REFUSED = "refused"  # an event the classifier refuses too (contract, key, partition, size)
 
 
 # Applies a batch (the records in the order to apply them) in one transaction; one outcome per

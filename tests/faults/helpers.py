@@ -22,7 +22,6 @@ from aiokafka import AIOKafkaProducer
 
 from services.classifier.history import Admission, PatientHistory
 from services.classifier.policy import load_policy
-from services.classifier.records import Rejection, read_record
 from services.classifier.rules import evaluate
 from services.coordinator.care_plan import (
     OPEN_STATES,
@@ -33,6 +32,7 @@ from services.coordinator.care_plan import (
 )
 from services.coordinator.templates import load_templates
 from shared.contract import ContractViolation, Determination, parse_event
+from shared.contract.records import Rejection, read_record
 from shared.ports import free_port
 from shared.topics import DETERMINATIONS
 from tests.conftest import ARTIFACTS, SENT_PATIENT_IDS

@@ -335,7 +335,7 @@ async def test_records_the_database_refuses_lose_none_of_their_batch(service, se
     assert recorded == planned == 4
 
 
-async def test_events_the_database_refuses_or_repeats_lose_none_of_their_batch(service, settings):
+async def test_events_refused_or_repeated_lose_none_of_their_batch(service, settings):
     patient = "pt-batch-events-01"
     SENT_PATIENT_IDS.add(patient)
 
@@ -351,7 +351,7 @@ async def test_events_the_database_refuses_or_repeats_lose_none_of_their_batch(s
 
     values = [
         json.dumps(event(1)),
-        json.dumps({**event(2), "note": "seen by Dr A\x00"}),  # jsonb takes no \u0000
+        json.dumps({**event(2), "note": "seen by Dr A\x00"}),  # a NUL: the contract refuses it
         json.dumps(event(3)),
         json.dumps(event(1), indent=2),  # the same event again, spelled otherwise
         json.dumps({**event(1), "data": {"patient_id": patient, "score": 9}}),  # its id reused
@@ -366,7 +366,7 @@ async def test_events_the_database_refuses_or_repeats_lose_none_of_their_batch(s
     again = await service.event_records(records)
     kept = await service.pool.fetch("SELECT event_id, body FROM patient_events ORDER BY event_id")
 
-    a, d, c, u = Outcome.APPLIED, Outcome.ALREADY_APPLIED, Outcome.CONFLICT, Outcome.UNREADABLE
+    a, d, c, u = Outcome.APPLIED, Outcome.ALREADY_APPLIED, Outcome.CONFLICT, Outcome.REFUSED
     assert outcomes == [a, u, a, d, c, a]
     assert again == [d, u, d, d, c, d]
     assert [row["event_id"] for row in kept] == ["batch-ev-1", "batch-ev-3", "batch-ev-4"]

@@ -11,14 +11,17 @@ from aiokafka import ConsumerRecord, TopicPartition
 from services.coordinator.consumer import BatchConsumer, Outcome
 from services.coordinator.service import _read_determination, _read_event
 from shared.contract import Status
+from shared.contract.records import Rejection, partition_of, read_record
 from shared.progress import Progress
 from tests.unit.coordinator.coordinator_samples import determination
 
 TP0, TP1 = TopicPartition("dets", 0), TopicPartition("dets", 1)
 
 
-def record(partition: int, offset: int, value: bytes = b"{}") -> ConsumerRecord:
-    return ConsumerRecord("dets", partition, offset, 0, 0, b"k", value, None, 0, 0, [])
+def record(
+    partition: int, offset: int, value: bytes = b"{}", key: bytes | None = b"k"
+) -> ConsumerRecord:
+    return ConsumerRecord("dets", partition, offset, 0, 0, key, value, None, 0, 0, [])
 
 
 class Kafka:
@@ -143,8 +146,36 @@ def test_an_event_is_read_with_its_idempotency_key_and_its_text_as_received():
         indent=1,
     )
 
-    read = _read_event(record(0, 0, text.encode()))
+    read = _read_event(record(0, 0, text.encode(), b"pt-unit-01"), None)
 
     assert read is not None and read.key == ("urn:hospital:st-olaf:ehr", "ev-1")
     assert read.body == text and read.patient_id == "pt-unit-01"
-    assert _read_event(record(0, 1, b'{"id": 1}')) is None
+    assert _read_event(record(0, 1, b'{"id": 1}', b"pt-unit-01"), None) is None
+
+
+def test_the_timeline_refuses_exactly_what_the_classifier_refuses():
+    """Missing key, wrong key, wrong partition, too large: refused by the one reading of a
+    record both services use (`shared.contract.records.read_record`)."""
+    patient = b"pt-unit-02"
+    event = {
+        "specversion": "1.0",
+        "id": "ev-2",
+        "source": "urn:hospital:st-olaf:ehr",
+        "type": "pain.score.recorded.v1",
+        "time": "2026-01-01T09:00:00Z",
+        "data": {"patient_id": patient.decode(), "score": 4},
+    }
+    value = json.dumps(event).encode()
+    home = partition_of(patient, 12)
+    large = json.dumps(event | {"padding": "x" * 600 * 1024}).encode()
+    cases = {
+        "missing key": record(home, 0, value, None),
+        "wrong key": record(home, 0, value, b"pt-unit-03"),
+        "wrong partition": record((home + 1) % 12, 0, value, patient),
+        "600 KiB": record(home, 0, large, patient),
+    }
+    for name, refused in cases.items():
+        classifier = read_record(refused.key, refused.value, refused.partition, 12)
+        assert isinstance(classifier, Rejection), name
+        assert _read_event(refused, 12) is None, name
+    assert _read_event(record(home, 0, value, patient), 12) is not None
