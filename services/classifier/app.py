@@ -1,15 +1,14 @@
 """The classifier worker's process: the consuming loop and its HTTP endpoints.
 
-`/healthz` (alive), `/readyz` (partitions assigned, state restored, not stalled) and `/metrics`
-(Prometheus). SIGTERM (uvicorn's) stops taking batches, commits the one in hand, leaves the
-group so that its partitions move at once, and closes.
+`/healthz` (alive: 503 once the consuming loop died, `shared.supervision`), `/readyz`
+(partitions assigned, state restored, not stalled) and `/metrics` (Prometheus). SIGTERM
+(uvicorn's) stops taking batches, commits the one in hand, leaves the group so that its
+partitions move at once, and closes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI, Response
@@ -20,6 +19,7 @@ from services.classifier.stream import Classifier
 from shared.logging import get_logger
 from shared.settings import Settings
 from shared.stack import Endpoints
+from shared.supervision import Loops, stop_the_process
 
 log = get_logger("painpath.classifier")
 
@@ -32,25 +32,14 @@ def create_app(settings: Settings, endpoints: Endpoints, policy: Policy) -> Fast
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await classifier.start()
-        task = asyncio.create_task(classifier.run(), name="classifier")
-
-        def stopped(task: asyncio.Task) -> None:
-            if not task.cancelled() and task.exception() is not None:
-                log.error("classifier_failed", exc_info=task.exception())
-                # A worker that cannot consume must not look alive: the process stops, and
-                # `painpath classifier` exits 1 for its supervisor to restart it.
-                app.state.failed = True
-                server = getattr(app.state, "server", None)
-                if server is not None:
-                    server.should_exit = True
-                else:
-                    os.kill(os.getpid(), signal.SIGTERM)
-
-        task.add_done_callback(stopped)
+        # A worker that cannot consume must not look alive: its loop's death stops the process,
+        # and `painpath classifier` exits 1 for its supervisor to restart it.
+        task = loops.start("classifier", classifier.run)
         log.info("classifier_started", policy=policy.id, group=classifier.group)
         try:
             yield
         finally:
+            loops.stop()
             classifier.request_stop()
             try:
                 await asyncio.wait_for(asyncio.shield(task), STOP_TIMEOUT)
@@ -64,10 +53,13 @@ def create_app(settings: Settings, endpoints: Endpoints, policy: Policy) -> Fast
     app = FastAPI(title="Painpath classifier", version="1", lifespan=lifespan)
     app.state.classifier = classifier
     app.state.failed = False
+    loops = Loops(stop_the_process(app))
+    app.state.loops = loops
 
     @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    async def healthz(response: Response) -> dict[str, object]:
+        response.status_code = 200 if loops.alive else 503
+        return loops.health()
 
     @app.get("/readyz")
     async def readyz(response: Response) -> dict[str, object]:

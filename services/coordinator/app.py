@@ -40,6 +40,7 @@ from shared.logging import get_logger
 from shared.progress import Progress
 from shared.settings import Settings
 from shared.stack import Endpoints
+from shared.supervision import Loops, stop_the_process
 from shared.topics import CARE_TASKS, DETERMINATIONS, EVENTS
 
 log = get_logger("painpath.coordinator")
@@ -159,7 +160,7 @@ def create_app(
         await migrate(endpoints.database_url)
         pool = await create_pool(endpoints.database_url, settings.database_pool_max)
         coordinator.pool = pool
-        await notifier.start()
+        await notifier.start(loops)
         producer = reliable_producer(settings, endpoints.bootstrap_servers)
         await producer.start()
         timeout_ms = int(settings.coordinator_session_timeout_seconds * 1000)
@@ -199,8 +200,10 @@ def create_app(
         relay = OutboxRelay(
             endpoints.database_url, pool, producer, CARE_TASKS.full_name(prefix), notifier
         )
-        consuming = [asyncio.create_task(c.run(), name=c.name) for c in consumers]
-        relaying = asyncio.create_task(relay.run(), name="relay")
+        # Each loop recovers by itself (the consumers wait out a database outage, the relay and
+        # the notifier reconnect), or its death stops the process (shared.supervision).
+        consuming = [loops.start(c.name, c.run) for c in consumers]
+        relaying = loops.start("relay", relay.run, restart=True)
         tasks = [*consuming, relaying]
         state.update(pool=pool, consumers=consumers, relay=relay, tasks=tasks)
         log.info("coordinator_started", templates=templates.id, people=len(roster.people))
@@ -211,6 +214,7 @@ def create_app(
             # hand and commit, then the relay publishes what they wrote; whatever outlasts
             # STOP_SECONDS is cancelled (at-least-once: the next instance finds it applied).
             stopping_at = time.monotonic()
+            loops.stop()
             log.info("coordinator_stopping")
             for consumer in consumers:
                 consumer.stop()
@@ -261,9 +265,14 @@ def create_app(
         )
         return response
 
-    @app.get("/healthz", summary="Liveness: the process answers (no dependency checks)")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    loops = Loops(stop_the_process(app))
+    app.state.failed = False
+    app.state.loops = loops
+
+    @app.get("/healthz", summary="Liveness: the process answers and none of its loops died")
+    async def healthz(response: Response) -> dict[str, object]:
+        response.status_code = 200 if loops.alive else 503
+        return loops.health()
 
     @app.get("/readyz", summary="Readiness: database, consumer and relay")
     async def readyz() -> JSONResponse:

@@ -6,7 +6,9 @@ import asyncio
 import json
 
 import asyncpg
+import pytest
 from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError
 
 from services.coordinator.consumer import BatchConsumer, Outcome
 from services.coordinator.service import _read_determination, _read_event
@@ -88,6 +90,54 @@ async def test_a_database_outage_retries_the_whole_batch_with_backoff_and_commit
     assert attempts == [2, 2, 2]
     assert consumer.retries == 2 and consumer.database_ok
     assert kafka.commits == [{TP0: 2}]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        asyncpg.InternalClientError("cannot release the connection"),  # the pool lost it
+        asyncpg.AdminShutdownError("terminating connection due to administrator command"),
+    ],
+    ids=["pool-release", "admin-shutdown"],
+)
+async def test_what_asyncpg_raises_when_postgresql_stops_is_waited_out_as_an_outage(error):
+    """The timeline consumer died for good on a PostgreSQL stop (issue 13, item 2): asyncpg
+    raised InternalClientError releasing a connection to the pool."""
+    kafka = Kafka({TP0: [record(0, 0)]})
+    attempts = []
+
+    async def apply(records):
+        attempts.append(len(records))
+        if len(attempts) < 2:
+            raise error
+        return [Outcome.APPLIED]
+
+    consumer = BatchConsumer("events", kafka, apply, Progress(60))
+    await run_until(consumer, lambda: kafka.commits)
+
+    assert attempts == [1, 1] and consumer.retries == 1 and consumer.database_ok
+    assert kafka.commits == [{TP0: 1}]
+
+
+async def test_a_commit_the_broker_refuses_is_logged_and_the_loop_goes_on():
+    kafka = Kafka({TP0: [record(0, 0)]}, {TP0: [record(0, 1)]})
+    refused = []
+
+    async def commit(offsets):
+        if not refused:
+            refused.append(offsets)
+            raise CommitFailedError("rebalanced")
+        kafka.commits.append(offsets)
+
+    kafka.commit = commit
+
+    async def apply(records):
+        return [Outcome.APPLIED] * len(records)
+
+    consumer = BatchConsumer("d", kafka, apply, Progress(60))
+    await run_until(consumer, lambda: kafka.commits)
+
+    assert refused == [{TP0: 1}] and kafka.commits == [{TP0: 2}]
 
 
 async def test_a_stop_during_an_outage_commits_nothing_of_the_batch_not_applied():
