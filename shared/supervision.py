@@ -24,6 +24,8 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
+from fastapi import FastAPI, Response
+
 from shared.logging import get_logger
 
 log = get_logger("painpath.supervision")
@@ -48,6 +50,23 @@ class Loops:
         self.dead: list[str] = []
         self.restarts: dict[str, int] = {}
         self.stopping = False
+
+    @classmethod
+    def of_app(cls, app: FastAPI) -> Loops:
+        """The loops of a service's app: their death stops it (`stop_the_process`), and its
+        `GET /healthz` answers with `healthz`."""
+        loops = cls(stop_the_process(app))
+        app.state.failed = False
+        app.state.loops = loops
+        app.get("/healthz", summary="Liveness: the process answers and none of its loops died")(
+            loops.healthz
+        )
+        return loops
+
+    async def healthz(self, response: Response) -> dict[str, Any]:
+        """200 `{"status": "ok"}`, or 503 with the dead loops' names (no dependency checks)."""
+        response.status_code = 200 if self.alive else 503
+        return self.health()
 
     def start(
         self, name: str, run: Callable[[], Awaitable[None]], *, restart: bool = False
@@ -111,7 +130,7 @@ class Loops:
         self._on_death()
 
 
-def stop_the_process(app) -> Callable[[], None]:
+def stop_the_process(app: FastAPI) -> Callable[[], None]:
     """An `on_death` for a FastAPI app served by `painpath <service>`: the app is marked failed
     (the command then exits 1) and its server asked to exit (a graceful stop: the other loops
     finish what they hold). Without a server (an app in a test) it is only marked failed."""

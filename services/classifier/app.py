@@ -19,7 +19,7 @@ from services.classifier.stream import Classifier
 from shared.logging import get_logger
 from shared.settings import Settings
 from shared.stack import Endpoints
-from shared.supervision import Loops, stop_the_process
+from shared.supervision import Loops
 
 log = get_logger("painpath.classifier")
 
@@ -52,14 +52,7 @@ def create_app(settings: Settings, endpoints: Endpoints, policy: Policy) -> Fast
 
     app = FastAPI(title="Painpath classifier", version="1", lifespan=lifespan)
     app.state.classifier = classifier
-    app.state.failed = False
-    loops = Loops(stop_the_process(app))
-    app.state.loops = loops
-
-    @app.get("/healthz")
-    async def healthz(response: Response) -> dict[str, object]:
-        response.status_code = 200 if loops.alive else 503
-        return loops.health()
+    loops = Loops.of_app(app)
 
     @app.get("/readyz")
     async def readyz(response: Response) -> dict[str, object]:

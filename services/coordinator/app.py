@@ -40,7 +40,7 @@ from shared.logging import get_logger
 from shared.progress import Progress
 from shared.settings import Settings
 from shared.stack import Endpoints
-from shared.supervision import Loops, stop_the_process
+from shared.supervision import Loops
 from shared.topics import CARE_TASKS, DETERMINATIONS, EVENTS
 
 log = get_logger("painpath.coordinator")
@@ -265,14 +265,7 @@ def create_app(
         )
         return response
 
-    loops = Loops(stop_the_process(app))
-    app.state.failed = False
-    app.state.loops = loops
-
-    @app.get("/healthz", summary="Liveness: the process answers and none of its loops died")
-    async def healthz(response: Response) -> dict[str, object]:
-        response.status_code = 200 if loops.alive else 503
-        return loops.health()
+    loops = Loops.of_app(app)
 
     @app.get("/readyz", summary="Readiness: database, consumer and relay")
     async def readyz() -> JSONResponse:

@@ -42,7 +42,7 @@ from shared.kafka import reliable_producer
 from shared.logging import get_logger
 from shared.settings import ApiKey, Settings
 from shared.stack import Endpoints
-from shared.supervision import Loops, stop_the_process
+from shared.supervision import Loops
 from shared.topics import EVENTS
 
 log = get_logger("painpath.gateway")
@@ -291,14 +291,7 @@ def create_app(settings: Settings, endpoints: Endpoints) -> FastAPI:
             _reply(outcome).model_dump(mode="json"), status_code=_status_code(outcome)
         )
 
-    loops = Loops(stop_the_process(app))
-    app.state.failed = False
-    app.state.loops = loops
-
-    @app.get("/healthz", summary="Liveness: the process answers and none of its loops died")
-    async def healthz(response: Response) -> dict[str, object]:
-        response.status_code = 200 if loops.alive else 503
-        return loops.health()
+    loops = Loops.of_app(app)
 
     @app.get("/readyz", summary="Readiness: the broker and the database answer")
     async def readyz() -> JSONResponse:
