@@ -1,7 +1,7 @@
 """Consumes a topic batch by batch, each fetched batch applied in one database transaction.
 
-What a record is (a determination's decision and instant, an event's (source, id)) is written
-in the transaction that applies it, and the Kafka offsets are committed only after that
+What a record is (a determination's decision and instant, an event's patient and (source, id))
+is written in the transaction that applies it, and the Kafka offsets are committed only after that
 transaction: a re-delivery, a crash anywhere between the two commits, or the same records read
 again from a topic whose offsets restarted, finds them applied and changes nothing. A database
 outage is waited out with backoff: the whole batch is retried (its transaction rolled back, none
@@ -54,7 +54,7 @@ MAX_RECORDS = 500  # per fetch, hence per transaction
 class Outcome(Enum):
     APPLIED = "applied"
     ALREADY_APPLIED = "already_applied"
-    CONFLICT = "conflict"  # an event's (source, id) kept already with other content: first wins
+    CONFLICT = "conflict"  # a patient's (source, id) kept already with other content: first wins
     UNREADABLE = "unreadable"  # a determination that cannot be read
     REFUSED = "refused"  # an event the classifier refuses too (contract, key, partition, size)
 

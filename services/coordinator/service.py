@@ -457,7 +457,7 @@ async def _keep_events(
             if not equal:
                 record = items[number][0]
                 log.warning(
-                    "event_conflicting",  # the same (source, id) kept with other content
+                    "event_conflicting",  # the patient's (source, id) kept with other content
                     topic=record.topic,
                     partition=record.partition,
                     offset=record.offset,

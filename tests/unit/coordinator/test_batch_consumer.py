@@ -198,7 +198,7 @@ def test_an_event_is_read_with_its_idempotency_key_and_its_text_as_received():
 
     read = _read_event(record(0, 0, text.encode(), b"pt-unit-01"), None)
 
-    assert read is not None and read.key == ("urn:hospital:st-olaf:ehr", "ev-1")
+    assert read is not None and read.key == ("pt-unit-01", "urn:hospital:st-olaf:ehr", "ev-1")
     assert read.body == text and read.patient_id == "pt-unit-01"
     assert _read_event(record(0, 1, b'{"id": 1}', b"pt-unit-01"), None) is None
 
