@@ -233,6 +233,24 @@ async def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
         await asyncio.sleep(interval)
 
 
+async def http_status(client: httpx.AsyncClient, url: str, **options) -> int | None:
+    """A GET's status code, or None when nothing answers."""
+    try:
+        return (await client.get(url, timeout=5, **options)).status_code
+    except httpx.TransportError:
+        return None
+
+
+def metric_totals(text: str, name: str) -> dict[str, float]:
+    """A Prometheus counter's samples in `text` (a /metrics answer) by label set."""
+    totals: dict[str, float] = {}
+    for sample in text.splitlines():
+        if sample.startswith(name + "{"):
+            labels, value = sample[len(name) + 1 :].split("} ")
+            totals[labels] = totals.get(labels, 0.0) + float(value)
+    return totals
+
+
 # -- the coordinator ---------------------------------------------------------------------------
 
 ADMIN_TOKEN = "fault-admin-token"
