@@ -102,7 +102,8 @@ async def test_refused_records_are_dead_letters_that_fit_and_never_reach_the_tim
         *refused.values(),
         *((record, None) for record in valid[half:]),
     ]
-    # The reference: the valid feed alone (the wrong partition is refused by the stream only).
+    # The reference: the feed without the refused records (each a dead letter; `offline` reads
+    # no partition, so the one off its key's partition is left out of its input, not judged).
     reference = offline(valid)
     admitted_ids = {
         (read[0].patient_id, read[0].source, read[0].id)
