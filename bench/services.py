@@ -19,7 +19,7 @@ import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from services.classifier.stream import partition_of
+from shared.contract.records import partition_of
 from shared.db import migrate
 from shared.kafka import create_topics, end_offsets
 from shared.ports import free_port

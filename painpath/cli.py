@@ -341,8 +341,6 @@ def classifier(
     )
     asgi_app = create_app(settings, endpoints, policy)
     _serve("classifier", asgi_app, settings.classifier_host, settings.classifier_port)
-    if asgi_app.state.failed:
-        raise typer.Exit(1)
 
 
 @app.command()
@@ -403,7 +401,9 @@ def contract_export(
 def _serve(name: str, asgi_app, host: str, port: int) -> None:
     """Serve an HTTP service until SIGTERM or Ctrl-C, then stop gracefully: open connections
     (a dashboard's live stream) get `SHUTDOWN_GRACE_SECONDS`, then the app's own shutdown runs.
-    The app may stop the server itself through `app.state.server.should_exit`."""
+    The app may stop the server itself through `app.state.server.should_exit`; when it marked
+    itself failed (`app.state.failed`: one of its loops died, `shared.supervision`) the command
+    exits 1, for its supervisor to start it again."""
     import uvicorn
 
     typer.echo(f"{name} on http://{host}:{port}  (OpenAPI: http://{host}:{port}/docs)")
@@ -419,6 +419,8 @@ def _serve(name: str, asgi_app, host: str, port: int) -> None:
     server = uvicorn.Server(config)
     asgi_app.state.server = server
     server.run()
+    if getattr(asgi_app.state, "failed", False):
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -1,15 +1,14 @@
 """The classifier worker's process: the consuming loop and its HTTP endpoints.
 
-`/healthz` (alive), `/readyz` (partitions assigned, state restored, not stalled) and `/metrics`
-(Prometheus). SIGTERM (uvicorn's) stops taking batches, commits the one in hand, leaves the
-group so that its partitions move at once, and closes.
+`/healthz` (alive: 503 once the consuming loop died, `shared.supervision`), `/readyz`
+(partitions assigned, state restored, not stalled) and `/metrics` (Prometheus). SIGTERM
+(uvicorn's) stops taking batches, commits the one in hand, leaves the group so that its
+partitions move at once, and closes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI, Response
@@ -20,6 +19,7 @@ from services.classifier.stream import Classifier
 from shared.logging import get_logger
 from shared.settings import Settings
 from shared.stack import Endpoints
+from shared.supervision import Loops
 
 log = get_logger("painpath.classifier")
 
@@ -32,27 +32,16 @@ def create_app(settings: Settings, endpoints: Endpoints, policy: Policy) -> Fast
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await classifier.start()
-        task = asyncio.create_task(classifier.run(), name="classifier")
-        watcher = asyncio.create_task(classifier.metrics.loop.watch(), name="loop-stalls")
-
-        def stopped(task: asyncio.Task) -> None:
-            if not task.cancelled() and task.exception() is not None:
-                log.error("classifier_failed", exc_info=task.exception())
-                # A worker that cannot consume must not look alive: the process stops, and
-                # `painpath classifier` exits 1 for its supervisor to restart it.
-                app.state.failed = True
-                server = getattr(app.state, "server", None)
-                if server is not None:
-                    server.should_exit = True
-                else:
-                    os.kill(os.getpid(), signal.SIGTERM)
-
-        task.add_done_callback(stopped)
+        # A worker that cannot consume must not look alive: its loop's death stops the process,
+        # and `painpath classifier` exits 1 for its supervisor to restart it.
+        task = loops.start("classifier", classifier.run)
+        watcher = loops.start("loop-stalls", classifier.metrics.loop.watch, restart=True)
         log.info("classifier_started", policy=policy.id, group=classifier.group)
         try:
             yield
         finally:
             watcher.cancel()
+            loops.stop()
             classifier.request_stop()
             try:
                 await asyncio.wait_for(asyncio.shield(task), STOP_TIMEOUT)
@@ -65,11 +54,7 @@ def create_app(settings: Settings, endpoints: Endpoints, policy: Policy) -> Fast
 
     app = FastAPI(title="Painpath classifier", version="1", lifespan=lifespan)
     app.state.classifier = classifier
-    app.state.failed = False
-
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    loops = Loops.of_app(app)
 
     @app.get("/readyz")
     async def readyz(response: Response) -> dict[str, object]:

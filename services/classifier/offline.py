@@ -1,10 +1,10 @@
 """`painpath classify`: determinations from a JSON-lines file of events, as of an instant.
 
 This is what clinicians and auditors use to ask "why?", and the reference the streaming service
-must agree with: all three read events the same way (`records.read_value`: size, UTF-8, the
-contract), admit them the same way (`history.admit`, the first of a (source, id) wins), decide
-with the same `rules.evaluate`, and set aside a patient whose decision raises, whatever the
-others.
+must agree with: all three read events the same way (`shared.contract.records.read_value`:
+size, UTF-8, the contract), admit them the same way (`history.admit`, the first of a (source,
+id) wins), decide with the same `rules.evaluate`, and set aside a patient whose decision
+raises, whatever the others.
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from typing import BinaryIO
 
 from services.classifier.history import CONFLICT_REASON, Admission, PatientHistory
 from services.classifier.policy import Policy
-from services.classifier.records import DecisionFailure, Rejection, read_record, read_value
+from services.classifier.records import DecisionFailure
 from services.classifier.rules import evaluate
 from shared.contract import MAX_EVENT_BYTES, Determination
 from shared.contract.instant import TIME_MAX, TIME_MIN, in_bounds
+from shared.contract.records import Rejection, read_record, read_value
 
 # The instants an event's `time` may take (CONTRACT.md, in UTC), so the instants T too: outside
 # them a rule's date arithmetic can leave the calendar.
@@ -90,8 +91,9 @@ def read_histories(
 ) -> tuple[dict[str, PatientHistory], list[BadLine]]:
     """Each patient's admitted events, in file order, and the lines that were refused.
 
-    Each line is read as the stream reads a record's value (`records.read_value`); a `str` line
-    is taken as its UTF-8 bytes. Blank lines are skipped (and still counted)."""
+    Each line is read as the stream reads a record's value
+    (`shared.contract.records.read_value`); a `str` line is taken as its UTF-8 bytes. Blank
+    lines are skipped (and still counted)."""
     read = _read(lines)
     return read.histories, read.refused
 
@@ -115,11 +117,11 @@ def expected_from_records(
 ) -> tuple[dict[str, Determination], int]:
     """What the streaming classifier must end with after these Kafka records, in this order.
 
-    Admits records as the stream does (`records.read_record`, then a conflicting duplicate is a
-    dead letter too) and decides each patient as of `as_of`. Returns the determinations by
-    patient id and the number of dead letters of records. A patient whose decision raises has
-    no determination: the stream sets it aside, with a dead letter per pass that decided it
-    (their number depends on the passes, so they are not counted here).
+    Admits records as the stream does (`shared.contract.records.read_record`, then a
+    conflicting duplicate is a dead letter too) and decides each patient as of `as_of`. Returns
+    the determinations by patient id and the number of dead letters of records. A patient whose
+    decision raises has no determination: the stream sets it aside, with a dead letter per pass
+    that decided it (their number depends on the passes, so they are not counted here).
     """
     admitted, dead = [], 0
     for key, value in records:
@@ -152,7 +154,7 @@ def classify_file(
 ) -> tuple[Iterator[Determination | SetAside], list[BadLine]]:
     """Each patient's determination (sorted by patient id), or a `SetAside` for one whose
     decision raised; and the refused lines. The file is read as bytes, line by line, each line
-    as the stream reads a record's value (`records.read_value`)."""
+    as the stream reads a record's value (`shared.contract.records.read_value`)."""
     with path.open("rb") as stream:
         read = _read(file_lines(stream))
 

@@ -5,10 +5,11 @@ partitions are shared between them. The design, and why it is not a faust agent,
 README ("The streaming classifier"). This module wires the parts, each a module of its own:
 
 - **Consuming** (here): records are fetched in batches (up to `CLASSIFIER_MAX_BATCH`), each read
-  (`records.read_record`) and admitted to its patient's history (`history.admit`: a duplicate
-  changes nothing, a conflicting one is refused). Refused records go to `pain.events.dlq.v1`
-  with their original key, value and headers plus headers naming the reason and where they came
-  from.
+  (`shared.contract.records.read_record`: the contract, the key, the partition) and admitted
+  to its patient's history (`history.admit`: a duplicate changes nothing, a conflicting one is
+  refused). Refused records go to `pain.events.dlq.v1` with their original key, value and
+  headers plus headers naming the reason and where they came from (`shared.dead_letter.build`:
+  a record too large to carry whole is cut short, with its size and sha256).
 - **Deciding** (`decisions`): a patient touched by a batch is dirty; dirty patients are decided
   at once when the worker has caught up, in spaced passes during a backfill. A determination is
   published, keyed by patient, on the partition of its input, only when its id differs from the
@@ -41,7 +42,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.partitioner import murmur2
 
 from services.classifier.checkpoint import changes, checkpoint_due, write_checkpoint
 from services.classifier.decisions import (
@@ -61,9 +61,10 @@ from services.classifier.history import CONFLICT_REASON, Admission, PatientHisto
 from services.classifier.metrics import Metrics
 from services.classifier.partition import ParsedCache, PartitionState
 from services.classifier.policy import Policy
-from services.classifier.records import DecisionFailure, Rejection, read_record
+from services.classifier.records import DecisionFailure
 from services.classifier.restore import assign
 from shared import dead_letter, tracing
+from shared.contract.records import Rejection, read_record
 from shared.kafka import client_options
 from shared.logging import get_logger
 from shared.loop_stall import TimeSlice
@@ -76,12 +77,7 @@ log = get_logger("painpath.classifier")
 
 GROUP = "painpath-classifier"
 
-__all__ = ["GROUP", "Classifier", "PartitionState", "partition_of"]
-
-
-def partition_of(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default partitioner gives a key (murmur2, as the Java client)."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+__all__ = ["GROUP", "Classifier", "PartitionState"]
 
 
 class Classifier:
@@ -113,6 +109,7 @@ class Classifier:
             settings.painpath_state_dir / "classifier-state"
         )
         self.progress = Progress(settings.progress_watchdog_seconds)
+        self.partitions: int | None = None  # of the input topic, once its metadata is known
         self.owned: dict[int, PartitionState] = {}
         self.dirty: dict[bytes, Dirty] = {}
         self.dirty_since: float | None = None
@@ -181,6 +178,7 @@ class Classifier:
                 f"input, determinations and changelog topics must have the same partition count,"
                 f" found {counts}: run `painpath topics create`"
             )
+        self.partitions = counts[self.events_topic]  # a record on another partition is refused
 
     def request_stop(self) -> None:
         """Take no new batch; `run` returns once the batch in hand is delivered."""
@@ -274,7 +272,7 @@ class Classifier:
 
     def _admit(self, state: PartitionState, partition: int, record) -> Admission | None:
         """Admit one record: NEW, DUPLICATE, or None for a dead letter."""
-        read = read_record(record.key, record.value)
+        read = read_record(record.key, record.value, partition, self.partitions)
         if isinstance(read, Rejection):
             self._dead_letter(record, read)
             return None
@@ -335,8 +333,7 @@ class Classifier:
         )
 
     def _dead_letter(self, record, rejection: Rejection) -> None:
-        headers = [
-            *(record.headers or ()),
+        reason = [
             (dead_letter.REASON, rejection.reason.encode()),
             (dead_letter.FIELD, rejection.field.encode()),
             (dead_letter.KIND, rejection.kind.encode()),
@@ -345,7 +342,8 @@ class Classifier:
             (dead_letter.ORIGINAL_OFFSET, str(record.offset).encode()),
             (dead_letter.FAILED_AT, datetime.now(UTC).isoformat().encode()),
         ]
-        self._send(self.dlq_topic, record.value, key=record.key, headers=headers)
+        letter = dead_letter.build(record.key, record.value, record.headers, reason)
+        self._send(self.dlq_topic, letter.value, key=letter.key, headers=letter.headers)
         self.metrics.events.labels("dead_letter").inc()
         self.metrics.dead_letters.labels(rejection.kind).inc()
         log.info(

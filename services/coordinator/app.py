@@ -40,6 +40,7 @@ from shared.logging import get_logger
 from shared.progress import Progress
 from shared.settings import Settings
 from shared.stack import Endpoints
+from shared.supervision import Loops
 from shared.topics import CARE_TASKS, DETERMINATIONS, EVENTS
 
 log = get_logger("painpath.coordinator")
@@ -159,7 +160,7 @@ def create_app(
         await migrate(endpoints.database_url)
         pool = await create_pool(endpoints.database_url, settings.database_pool_max)
         coordinator.pool = pool
-        await notifier.start()
+        await notifier.start(loops)
         producer = reliable_producer(settings, endpoints.bootstrap_servers)
         await producer.start()
         timeout_ms = int(settings.coordinator_session_timeout_seconds * 1000)
@@ -178,6 +179,11 @@ def create_app(
         ]
         for consumer in kafka_consumers:
             await consumer.start()
+        events_topic = EVENTS.full_name(prefix)
+        await kafka_consumers[1].topics()  # the cluster's metadata: the input's partition count
+        coordinator.event_partitions = (
+            len(kafka_consumers[1].partitions_for_topic(events_topic) or ()) or None
+        )
         consumers = [
             BatchConsumer(
                 name,
@@ -194,8 +200,10 @@ def create_app(
         relay = OutboxRelay(
             endpoints.database_url, pool, producer, CARE_TASKS.full_name(prefix), notifier
         )
-        consuming = [asyncio.create_task(c.run(), name=c.name) for c in consumers]
-        relaying = asyncio.create_task(relay.run(), name="relay")
+        # Each loop recovers by itself (the consumers wait out a database outage, the relay and
+        # the notifier reconnect), or its death stops the process (shared.supervision).
+        consuming = [loops.start(c.name, c.run) for c in consumers]
+        relaying = loops.start("relay", relay.run, restart=True)
         tasks = [*consuming, relaying]
         state.update(pool=pool, consumers=consumers, relay=relay, tasks=tasks)
         log.info("coordinator_started", templates=templates.id, people=len(roster.people))
@@ -206,6 +214,7 @@ def create_app(
             # hand and commit, then the relay publishes what they wrote; whatever outlasts
             # STOP_SECONDS is cancelled (at-least-once: the next instance finds it applied).
             stopping_at = time.monotonic()
+            loops.stop()
             log.info("coordinator_stopping")
             for consumer in consumers:
                 consumer.stop()
@@ -256,9 +265,7 @@ def create_app(
         )
         return response
 
-    @app.get("/healthz", summary="Liveness: the process answers (no dependency checks)")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    loops = Loops.of_app(app)
 
     @app.get("/readyz", summary="Readiness: database, consumer and relay")
     async def readyz() -> JSONResponse:

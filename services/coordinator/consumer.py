@@ -1,11 +1,17 @@
 """Consumes a topic batch by batch, each fetched batch applied in one database transaction.
 
-What a record is (a determination's decision and instant, an event's (source, id)) is written
-in the transaction that applies it, and the Kafka offsets are committed only after that
+What a record is (a determination's decision and instant, an event's patient and (source, id))
+is written in the transaction that applies it, and the Kafka offsets are committed only after that
 transaction: a re-delivery, a crash anywhere between the two commits, or the same records read
 again from a topic whose offsets restarted, finds them applied and changes nothing. A database
 outage is waited out with backoff: the whole batch is retried (its transaction rolled back, none
-of it applied), never skipped.
+of it applied, or committed and then found applied), never skipped. What counts as an outage
+(`DATABASE_DOWN`) includes what asyncpg raises when the server stops under a connection: a
+statement cut short (`AdminShutdownError`, the server shutting down), and the pool failing to
+release a connection it lost (`InternalClientError`). Anything else escapes `run`: its
+supervisor (`shared.supervision`) stops the process, never a consumer dead in a live process.
+A commit the broker refuses (a rebalance) is logged and the loop goes on: the next commit
+covers those offsets, or the partition's next owner finds the records applied.
 
 `stop` asks for a graceful stop: the batch being applied is finished, the offsets of what was
 applied are committed, and `run` returns; records fetched but not yet applied are left to the
@@ -23,6 +29,7 @@ from enum import Enum
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka.errors import KafkaError
 
 from shared.logging import get_logger
 from shared.progress import Progress
@@ -34,7 +41,10 @@ DATABASE_DOWN = (
     OSError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # e.g. releasing to the pool a connection the server dropped
     asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,  # the server stopping terminated the statement
+    asyncpg.CrashShutdownError,
 )
 
 
@@ -44,8 +54,9 @@ MAX_RECORDS = 500  # per fetch, hence per transaction
 class Outcome(Enum):
     APPLIED = "applied"
     ALREADY_APPLIED = "already_applied"
-    CONFLICT = "conflict"  # an event's (source, id) kept already with other content: first wins
-    UNREADABLE = "unreadable"
+    CONFLICT = "conflict"  # a patient's (source, id) kept already with other content: first wins
+    UNREADABLE = "unreadable"  # a determination that cannot be read
+    REFUSED = "refused"  # an event the classifier refuses too (contract, key, partition, size)
 
 
 # Applies a batch (the records in the order to apply them) in one transaction; one outcome per
@@ -108,9 +119,11 @@ class BatchConsumer:
             for record, outcome in zip(records, outcomes, strict=True):
                 self.progress.processed(record.partition, record.offset)
                 self._on_outcome(outcome, max(0.0, now - record.timestamp / 1000))
-            await self._consumer.commit(
-                {partition: items[-1].offset + 1 for partition, items in batch.items() if items}
-            )
+            offsets = {tp: items[-1].offset + 1 for tp, items in batch.items() if items}
+            try:
+                await self._consumer.commit(offsets)
+            except KafkaError as error:  # applied: a later commit, or the next owner, covers it
+                log.warning("commit_failed", consumer=self.name, error=type(error).__name__)
         structlog.contextvars.clear_contextvars()  # the last record's trace is not this line's
         log.info("consumer_stopped", consumer=self.name)
 

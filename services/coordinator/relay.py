@@ -15,6 +15,7 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 
 from shared.logging import get_logger
+from shared.supervision import Loops
 
 log = get_logger("painpath.coordinator.relay")
 
@@ -62,7 +63,7 @@ class OutboxNotifier:
         connection = self._connection
         return connection is not None and not connection.is_closed() and not self._lost.is_set()
 
-    async def start(self) -> None:
+    async def start(self, loops: Loops | None = None) -> None:
         """Connect and LISTEN, then keep the connection up until `stop`.
 
         Raises if the database cannot be reached now, as the coordinator's other start-up steps do
@@ -71,7 +72,10 @@ class OutboxNotifier:
         if self._supervisor is not None:
             return
         await self._connect()
-        self._supervisor = asyncio.create_task(self._supervise(), name="outbox-notifier")
+        if loops is None:
+            self._supervisor = asyncio.create_task(self._supervise(), name="outbox-notifier")
+        else:  # the process's loops: a death of this one stops the process
+            self._supervisor = loops.start("outbox-notifier", self._supervise, restart=True)
 
     async def stop(self) -> None:
         supervisor, self._supervisor = self._supervisor, None

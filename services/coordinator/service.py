@@ -32,7 +32,8 @@ from services.coordinator.store import SYSTEM_ACTOR, TaskView
 from services.coordinator.templates import PlanTemplates
 from services.coordinator.timeline import StatusChange, Timeline, build_timeline
 from shared import tracing
-from shared.contract import ContractViolation, Determination, parse_event
+from shared.contract import Determination, parse_event
+from shared.contract.records import Rejection, read_record
 from shared.logging import get_logger
 
 log = get_logger("painpath.coordinator")
@@ -61,6 +62,9 @@ class Coordinator:
         self.templates = templates
         self.roster = roster
         self.today = today
+        # Of `pain.events.v1`, once the consumer knows it: a record on another partition than
+        # its key's is refused, as the classifier refuses it.
+        self.event_partitions: int | None = None
 
     async def timeline(self, patient_id: str, as_of: datetime) -> Timeline | None:
         """The patient's timeline as of `as_of`, or None when nothing is known of the patient."""
@@ -105,11 +109,12 @@ class Coordinator:
 
     async def event_records(self, records: list[ConsumerRecord]) -> list[Outcome]:
         """Keep records of `pain.events.v1` for the patients' timelines (first one wins), in one
-        transaction."""
-        read = [(record, _read_event(record)) for record in records]
+        transaction. What the classifier refuses (`shared.contract.records.read_record`: the
+        contract, the key, the partition) is refused here too, never kept."""
+        read = [(record, _read_event(record, self.event_partitions)) for record in records]
         items = [(record, found) for record, found in read if found is not None]
         kept = iter(await self._in_one_transaction(items, _keep_events, False))
-        return [Outcome.UNREADABLE if found is None else next(kept) for _, found in read]
+        return [Outcome.REFUSED if found is None else next(kept) for _, found in read]
 
     async def _in_one_transaction(self, items: list, apply, planning: bool) -> list[Outcome]:
         """`apply` all `items` in one transaction. When the database refuses one of them (a
@@ -404,18 +409,28 @@ def _read_determination(
     )
 
 
-def _read_event(record: ConsumerRecord) -> store.ReceivedEvent | None:
-    try:
-        event = parse_event(record.value)
-    except ContractViolation:
-        return None  # the classifier dead-letters it with the reason
+def _read_event(record: ConsumerRecord, partitions: int | None) -> store.ReceivedEvent | None:
+    """The event of a record as the classifier reads it, or None when the classifier refuses it
+    (and dead-letters it with the reason): logged here by kind and place, never its content."""
+    read = read_record(record.key, record.value, record.partition, partitions)
+    if isinstance(read, Rejection):
+        log.info(
+            "event_refused",
+            kind=read.kind,
+            field=read.field,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+        )
+        return None
+    event, text = read
     return store.ReceivedEvent(
         source=event.source,
         event_id=event.id,
         patient_id=event.patient_id,
         type=event.type,
         time=event.time,
-        body=record.value.decode(),
+        body=text,
     )
 
 
@@ -442,7 +457,7 @@ async def _keep_events(
             if not equal:
                 record = items[number][0]
                 log.warning(
-                    "event_conflicting",  # the same (source, id) kept with other content
+                    "event_conflicting",  # the patient's (source, id) kept with other content
                     topic=record.topic,
                     partition=record.partition,
                     offset=record.offset,

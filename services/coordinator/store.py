@@ -5,9 +5,9 @@ outbox row (with the gap-free sequence) in the transaction that wrote the task, 
 is never stored without being published, nor published without being stored.
 
 What the consumers receive is recorded by what it is, not by where it was read: a determination
-by (patient, `determination_id`, `as_of`), an event by its (source, id); the Kafka offsets a
-determination was read at are kept as provenance only (the consumer group's committed offsets
-are what resumes).
+by (patient, `determination_id`, `as_of`), an event by its patient and (source, id); the Kafka
+offsets a determination was read at are kept as provenance only (the consumer group's committed
+offsets are what resumes).
 """
 
 from __future__ import annotations
@@ -189,7 +189,9 @@ async def tasks_of_patients(
     return found
 
 
-EventKey = tuple[str, str]  # (source, id): the contract's idempotency key
+# (patient_id, source, id): the contract's idempotency key, within one patient's stream (a
+# (source, id) in two patients' streams is two events, as the classifier admits them).
+EventKey = tuple[str, str, str]
 
 
 @dataclass(frozen=True)
@@ -203,11 +205,11 @@ class ReceivedEvent:
 
     @property
     def key(self) -> EventKey:
-        return (self.source, self.event_id)
+        return (self.patient_id, self.source, self.event_id)
 
 
 async def keep_events(connection: asyncpg.Connection, events: list[ReceivedEvent]) -> set[EventKey]:
-    """Keep the events whose (source, id) is not kept yet (the first of a key given wins);
+    """Keep the events whose (patient, source, id) is not kept yet (the first of a key given wins);
     returns the keys of those kept now. `received_at` is each one's own (the timeline's order),
     not the transaction's."""
     rows = await connection.fetch(
@@ -219,22 +221,22 @@ async def keep_events(connection: asyncpg.Connection, events: list[ReceivedEvent
                 WITH ORDINALITY AS received (source, event_id, patient_id, type, time, body,
                                              number)
            ORDER BY number
-           ON CONFLICT (source, event_id) DO NOTHING
-           RETURNING source, event_id""",
+           ON CONFLICT (patient_id, source, event_id) DO NOTHING
+           RETURNING patient_id, source, event_id""",
         *_columns((e.source, e.event_id, e.patient_id, e.type, e.time, e.body) for e in events),
     )
-    return {(row["source"], row["event_id"]) for row in rows}
+    return {(row["patient_id"], row["source"], row["event_id"]) for row in rows}
 
 
 async def same_as_kept(connection: asyncpg.Connection, events: list[ReceivedEvent]) -> list[bool]:
-    """For each event, whether the event kept under its (source, id) has the same content (as
-    JSON values: key order, spacing and a number's spelling do not count)."""
+    """For each event, whether the event kept under its (patient, source, id) has the same
+    content (as JSON values: key order, spacing and a number's spelling do not count)."""
     rows = await connection.fetch(
         """SELECT received.number, kept.body = received.body::jsonb AS same
-           FROM unnest($1::text[], $2::text[], $3::text[])
-                WITH ORDINALITY AS received (source, event_id, body, number)
-           JOIN patient_events kept USING (source, event_id)""",
-        *_columns((event.source, event.event_id, event.body) for event in events),
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+                WITH ORDINALITY AS received (patient_id, source, event_id, body, number)
+           JOIN patient_events kept USING (patient_id, source, event_id)""",
+        *_columns((e.patient_id, e.source, e.event_id, e.body) for e in events),
     )
     same = {row["number"]: row["same"] for row in rows}
     return [same.get(number, False) for number in range(1, len(events) + 1)]

@@ -42,6 +42,7 @@ from shared.kafka import reliable_producer
 from shared.logging import get_logger
 from shared.settings import ApiKey, Settings
 from shared.stack import Endpoints
+from shared.supervision import Loops
 from shared.topics import EVENTS
 
 log = get_logger("painpath.gateway")
@@ -159,13 +160,15 @@ def create_app(settings: Settings, endpoints: Endpoints) -> FastAPI:
         producer = reliable_producer(settings, endpoints.bootstrap_servers)
         await producer.start()
         state.update(pool=pool, producer=producer, ingestor=Ingestor(pool, producer, topic))
-        sweeper = asyncio.create_task(
-            _sweep_retention_hourly(pool, settings.gateway_idempotency_retention_days)
+        days = settings.gateway_idempotency_retention_days
+        sweeper = loops.start(
+            "retention-sweep", lambda: _sweep_retention_hourly(pool, days), restart=True
         )
         log.info("gateway_started", topic=topic, api_keys=len(endpoints.api_keys))
         try:
             yield
         finally:
+            loops.stop()
             sweeper.cancel()
             with suppress(asyncio.CancelledError):
                 await sweeper
@@ -288,9 +291,7 @@ def create_app(settings: Settings, endpoints: Endpoints) -> FastAPI:
             _reply(outcome).model_dump(mode="json"), status_code=_status_code(outcome)
         )
 
-    @app.get("/healthz", summary="Liveness: the process answers (no dependency checks)")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    loops = Loops.of_app(app)
 
     @app.get("/readyz", summary="Readiness: the broker and the database answer")
     async def readyz() -> JSONResponse:

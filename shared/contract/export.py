@@ -251,6 +251,10 @@ _DLQ_HEADER_FORMATS: dict[str, dict[str, str]] = {
     dead_letter.ORIGINAL_PARTITION: {"pattern": "^[0-9]+$"},
     dead_letter.ORIGINAL_OFFSET: {"pattern": "^[0-9]+$"},
     dead_letter.FAILED_AT: {"format": "date-time"},
+    dead_letter.VALUE_SIZE: {"pattern": "^[0-9]+$"},
+    dead_letter.VALUE_SHA256: {"pattern": "^[0-9a-f]{64}$"},
+    dead_letter.VALUE_TRUNCATED: {"enum": ["true"]},
+    dead_letter.HEADERS_DROPPED: {"pattern": "^[0-9]+$"},
 }
 
 
@@ -263,10 +267,9 @@ def _rejected_event_message() -> dict[str, Any]:
         "headers": {
             "type": "object",
             "description": "The original record's headers are kept, and these are added.",
-            # A patient set aside read nothing of its partition yet, rarely: no offset then.
-            "required": [
-                name for name in dead_letter.HEADERS if name != dead_letter.ORIGINAL_OFFSET
-            ],
+            # A patient set aside read nothing of its partition yet, rarely: no offset then; a
+            # record too large to carry whole has its size and hash.
+            "required": [name for name in dead_letter.HEADERS if name not in dead_letter.OPTIONAL],
             "properties": {
                 name: {"type": "string", "description": description}
                 | _DLQ_HEADER_FORMATS.get(name, {})
@@ -275,7 +278,8 @@ def _rejected_event_message() -> dict[str, Any]:
             "additionalProperties": True,
         },
         "payload": {
-            "description": "The original record's value, byte for byte; it may not be JSON at all."
+            "description": "The original record's value, byte for byte (its first 64 KiB when"
+            " `dlq.value.truncated`: the record did not fit in one message); it may not be JSON."
             " For `dlq.kind: quarantine` (a patient set aside), a JSON object listing the events"
             " that were being decided: `{kind, error, raised_in, policy, as_of, event_count, part,"
             " parts, events: [{source, id}]}`.",

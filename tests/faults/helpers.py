@@ -22,7 +22,6 @@ from aiokafka import AIOKafkaProducer
 
 from services.classifier.history import Admission, PatientHistory
 from services.classifier.policy import load_policy
-from services.classifier.records import Rejection, read_record
 from services.classifier.rules import evaluate
 from services.coordinator.care_plan import (
     OPEN_STATES,
@@ -33,6 +32,7 @@ from services.coordinator.care_plan import (
 )
 from services.coordinator.templates import load_templates
 from shared.contract import ContractViolation, Determination, parse_event
+from shared.contract.records import Rejection, read_record
 from shared.ports import free_port
 from shared.topics import DETERMINATIONS
 from tests.conftest import ARTIFACTS, SENT_PATIENT_IDS
@@ -231,6 +231,24 @@ async def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
             return value
         assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s: {what}"
         await asyncio.sleep(interval)
+
+
+async def http_status(client: httpx.AsyncClient, url: str, **options) -> int | None:
+    """A GET's status code, or None when nothing answers."""
+    try:
+        return (await client.get(url, timeout=5, **options)).status_code
+    except httpx.TransportError:
+        return None
+
+
+def metric_totals(text: str, name: str) -> dict[str, float]:
+    """A Prometheus counter's samples in `text` (a /metrics answer) by label set."""
+    totals: dict[str, float] = {}
+    for sample in text.splitlines():
+        if sample.startswith(name + "{"):
+            labels, value = sample[len(name) + 1 :].split("} ")
+            totals[labels] = totals.get(labels, 0.0) + float(value)
+    return totals
 
 
 # -- the coordinator ---------------------------------------------------------------------------

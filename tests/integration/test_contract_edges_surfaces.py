@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from services.classifier.records import read_record
 from shared import dead_letter
 from shared.contract import parse_event
+from shared.contract.records import read_record
 from shared.topics import DETERMINATIONS, EVENTS, EVENTS_DLQ
 from tests.conftest import API_KEY, read_topic
 from tests.contract_edges import EDGES, edge_id, edge_patient, good_event

@@ -335,7 +335,7 @@ async def test_records_the_database_refuses_lose_none_of_their_batch(service, se
     assert recorded == planned == 4
 
 
-async def test_events_the_database_refuses_or_repeats_lose_none_of_their_batch(service, settings):
+async def test_events_refused_or_repeated_lose_none_of_their_batch(service, settings):
     patient = "pt-batch-events-01"
     SENT_PATIENT_IDS.add(patient)
 
@@ -351,7 +351,7 @@ async def test_events_the_database_refuses_or_repeats_lose_none_of_their_batch(s
 
     values = [
         json.dumps(event(1)),
-        json.dumps({**event(2), "note": "seen by Dr A\x00"}),  # jsonb takes no \u0000
+        json.dumps({**event(2), "note": "seen by Dr A\x00"}),  # a NUL: the contract refuses it
         json.dumps(event(3)),
         json.dumps(event(1), indent=2),  # the same event again, spelled otherwise
         json.dumps({**event(1), "data": {"patient_id": patient, "score": 9}}),  # its id reused
@@ -366,11 +366,50 @@ async def test_events_the_database_refuses_or_repeats_lose_none_of_their_batch(s
     again = await service.event_records(records)
     kept = await service.pool.fetch("SELECT event_id, body FROM patient_events ORDER BY event_id")
 
-    a, d, c, u = Outcome.APPLIED, Outcome.ALREADY_APPLIED, Outcome.CONFLICT, Outcome.UNREADABLE
+    a, d, c, u = Outcome.APPLIED, Outcome.ALREADY_APPLIED, Outcome.CONFLICT, Outcome.REFUSED
     assert outcomes == [a, u, a, d, c, a]
     assert again == [d, u, d, d, c, d]
     assert [row["event_id"] for row in kept] == ["batch-ev-1", "batch-ev-3", "batch-ev-4"]
     assert json.loads(kept[0]["body"])["data"]["score"] == 1  # the first one stays
+
+
+async def test_one_source_id_in_two_patients_streams_is_two_events_as_the_classifier_admits(
+    service,
+):
+    """CONTRACT.md: everything downstream judges each patient's stream on its own."""
+    patients = ["pt-batch-shared-id-01", "pt-batch-shared-id-02"]
+    SENT_PATIENT_IDS.update(patients)
+    records = [
+        ConsumerRecord(
+            EVENTS.name,
+            0,
+            number,
+            0,
+            0,
+            patient.encode(),
+            json.dumps(
+                {
+                    "specversion": "1.0",
+                    "id": "shared-ev-1",
+                    "source": "urn:hospital:st-olaf:ehr",
+                    "type": "pain.score.recorded.v1",
+                    "time": "2026-01-01T09:00:00Z",
+                    "data": {"patient_id": patient, "score": 3},
+                }
+            ).encode(),
+            None,
+            0,
+            0,
+            [],
+        )
+        for number, patient in enumerate(patients)
+    ]
+
+    outcomes = await service.event_records(records)
+    kept = await service.pool.fetch("SELECT patient_id FROM patient_events ORDER BY patient_id")
+
+    assert outcomes == [Outcome.APPLIED, Outcome.APPLIED]
+    assert [row["patient_id"] for row in kept] == patients
 
 
 async def test_a_connection_lost_mid_batch_is_retried_and_applies_everything_once(

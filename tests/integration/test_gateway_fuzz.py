@@ -404,7 +404,7 @@ async def test_a_nul_anywhere_is_refused_and_the_coordinator_survives_one_sent_p
     finally:
         await pool.close()
 
-    assert outcome is Outcome.UNREADABLE
+    assert outcome is Outcome.REFUSED
 
 
 @pytest.mark.parametrize("field", ["id", "source"])

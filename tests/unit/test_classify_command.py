@@ -174,7 +174,7 @@ def test_the_stream_s_expected_outcome_counts_every_kind_of_dead_letter():
 
 
 def test_a_line_is_read_as_the_stream_reads_a_record_s_value():
-    from services.classifier.records import Rejection, read_record, read_value
+    from shared.contract.records import Rejection, read_record, read_value
 
     for value in (b"\xff\xfe", b"x" * (MAX_EVENT_BYTES + 1), b"{oops", line(score=11).encode()):
         from_line, from_record = read_value(value), read_record(b"p-1842", value)

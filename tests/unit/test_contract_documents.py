@@ -131,10 +131,19 @@ def test_asyncapi_documents_every_dead_letter_header(asyncapi: dict[str, Any]) -
         "dlq.original.partition",
         "dlq.original.offset",
         "dlq.failed_at",
+        "dlq.value.truncated",
+        "dlq.value.size",
+        "dlq.value.sha256",
+        "dlq.headers.dropped",
     }
-    # Every header is always there but the offset, which a patient set aside may lack.
+    # Every header is always there but the offset, which a patient set aside may lack, and
+    # those of a record too large to carry whole.
     assert set(message["headers"]["required"]) == set(dead_letter.HEADERS) - {
-        dead_letter.ORIGINAL_OFFSET
+        dead_letter.ORIGINAL_OFFSET,
+        dead_letter.VALUE_TRUNCATED,
+        dead_letter.VALUE_SIZE,
+        dead_letter.VALUE_SHA256,
+        dead_letter.HEADERS_DROPPED,
     }
     assert set(message["headers"]["properties"]) == set(dead_letter.HEADERS)
 

@@ -6,19 +6,24 @@ import asyncio
 import json
 
 import asyncpg
+import pytest
 from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError
 
 from services.coordinator.consumer import BatchConsumer, Outcome
 from services.coordinator.service import _read_determination, _read_event
 from shared.contract import Status
+from shared.contract.records import Rejection, partition_of, read_record
 from shared.progress import Progress
 from tests.unit.coordinator.coordinator_samples import determination
 
 TP0, TP1 = TopicPartition("dets", 0), TopicPartition("dets", 1)
 
 
-def record(partition: int, offset: int, value: bytes = b"{}") -> ConsumerRecord:
-    return ConsumerRecord("dets", partition, offset, 0, 0, b"k", value, None, 0, 0, [])
+def record(
+    partition: int, offset: int, value: bytes = b"{}", key: bytes | None = b"k"
+) -> ConsumerRecord:
+    return ConsumerRecord("dets", partition, offset, 0, 0, key, value, None, 0, 0, [])
 
 
 class Kafka:
@@ -87,6 +92,54 @@ async def test_a_database_outage_retries_the_whole_batch_with_backoff_and_commit
     assert kafka.commits == [{TP0: 2}]
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        asyncpg.InternalClientError("cannot release the connection"),  # the pool lost it
+        asyncpg.AdminShutdownError("terminating connection due to administrator command"),
+    ],
+    ids=["pool-release", "admin-shutdown"],
+)
+async def test_what_asyncpg_raises_when_postgresql_stops_is_waited_out_as_an_outage(error):
+    """The timeline consumer died for good on a PostgreSQL stop (issue 13, item 2): asyncpg
+    raised InternalClientError releasing a connection to the pool."""
+    kafka = Kafka({TP0: [record(0, 0)]})
+    attempts = []
+
+    async def apply(records):
+        attempts.append(len(records))
+        if len(attempts) < 2:
+            raise error
+        return [Outcome.APPLIED]
+
+    consumer = BatchConsumer("events", kafka, apply, Progress(60))
+    await run_until(consumer, lambda: kafka.commits)
+
+    assert attempts == [1, 1] and consumer.retries == 1 and consumer.database_ok
+    assert kafka.commits == [{TP0: 1}]
+
+
+async def test_a_commit_the_broker_refuses_is_logged_and_the_loop_goes_on():
+    kafka = Kafka({TP0: [record(0, 0)]}, {TP0: [record(0, 1)]})
+    refused = []
+
+    async def commit(offsets):
+        if not refused:
+            refused.append(offsets)
+            raise CommitFailedError("rebalanced")
+        kafka.commits.append(offsets)
+
+    kafka.commit = commit
+
+    async def apply(records):
+        return [Outcome.APPLIED] * len(records)
+
+    consumer = BatchConsumer("d", kafka, apply, Progress(60))
+    await run_until(consumer, lambda: kafka.commits)
+
+    assert refused == [{TP0: 1}] and kafka.commits == [{TP0: 2}]
+
+
 async def test_a_stop_during_an_outage_commits_nothing_of_the_batch_not_applied():
     kafka = Kafka({TP0: [record(0, 0)]})
     failing = asyncio.Event()
@@ -143,8 +196,36 @@ def test_an_event_is_read_with_its_idempotency_key_and_its_text_as_received():
         indent=1,
     )
 
-    read = _read_event(record(0, 0, text.encode()))
+    read = _read_event(record(0, 0, text.encode(), b"pt-unit-01"), None)
 
-    assert read is not None and read.key == ("urn:hospital:st-olaf:ehr", "ev-1")
+    assert read is not None and read.key == ("pt-unit-01", "urn:hospital:st-olaf:ehr", "ev-1")
     assert read.body == text and read.patient_id == "pt-unit-01"
-    assert _read_event(record(0, 1, b'{"id": 1}')) is None
+    assert _read_event(record(0, 1, b'{"id": 1}', b"pt-unit-01"), None) is None
+
+
+def test_the_timeline_refuses_exactly_what_the_classifier_refuses():
+    """Missing key, wrong key, wrong partition, too large: refused by the one reading of a
+    record both services use (`shared.contract.records.read_record`)."""
+    patient = b"pt-unit-02"
+    event = {
+        "specversion": "1.0",
+        "id": "ev-2",
+        "source": "urn:hospital:st-olaf:ehr",
+        "type": "pain.score.recorded.v1",
+        "time": "2026-01-01T09:00:00Z",
+        "data": {"patient_id": patient.decode(), "score": 4},
+    }
+    value = json.dumps(event).encode()
+    home = partition_of(patient, 12)
+    large = json.dumps(event | {"padding": "x" * 600 * 1024}).encode()
+    cases = {
+        "missing key": record(home, 0, value, None),
+        "wrong key": record(home, 0, value, b"pt-unit-03"),
+        "wrong partition": record((home + 1) % 12, 0, value, patient),
+        "600 KiB": record(home, 0, large, patient),
+    }
+    for name, refused in cases.items():
+        classifier = read_record(refused.key, refused.value, refused.partition, 12)
+        assert isinstance(classifier, Rejection), name
+        assert _read_event(refused, 12) is None, name
+    assert _read_event(record(home, 0, value, patient), 12) is not None
