@@ -202,7 +202,8 @@ def _replay(settings, endpoints, gateway: str, coordinator: str, patients: int, 
     console = Console()
     console.print(
         f"\nfeed: {feed}  accepted {published.accepted}, duplicate {published.duplicate},"
-        f" rejected {published.rejected} (settled {waited:.0f} s after the last batch)"
+        f" conflict {published.conflict}, rejected {published.rejected}"
+        f" (settled {waited:.0f} s after the last batch)"
     )
     for reason in published.first_reasons[:3]:
         console.print(f"  {reason}")
@@ -376,12 +377,10 @@ def publish(
     except PublishError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
-    typer.echo(
-        f"accepted {summary.accepted}  duplicate {summary.duplicate}  rejected {summary.rejected}"
-    )
+    typer.echo(summary.counts())
     for reason in summary.first_reasons:
         typer.echo(f"  {reason}")
-    if strict and summary.rejected:
+    if strict and (summary.rejected or summary.conflict):
         raise typer.Exit(1)
 
 

@@ -151,10 +151,13 @@ async def test_publish_lands_a_file_on_the_topic_and_explains_rejected_lines(
         remember_patient_ids(line.encode())
 
     first = run(["publish", str(file), "--gateway", url, "--api-key", API_KEY], env)
-    again = run(["publish", str(file), "--gateway", url, "--api-key", API_KEY, "--strict"], env)
+    lines[0] = lines[0].replace('"score": 0', '"score": 1')  # the same (source, id), other content
+    changed = tmp_path / "changed.jsonl"
+    changed.write_text("\n".join(lines) + "\n")
+    again = run(["publish", str(changed), "--gateway", url, "--api-key", API_KEY, "--strict"], env)
 
     assert first.returncode == 0, first.stderr
-    assert "accepted 1197  duplicate 0  rejected 3" in first.stdout
+    assert "accepted 1197  duplicate 0  conflict 0  rejected 3" in first.stdout
     assert (
         "line 11: rejected: data.score: nrs score must be a whole number from 0 to 10"
         in first.stdout
@@ -162,7 +165,8 @@ async def test_publish_lands_a_file_on_the_topic_and_explains_rejected_lines(
     assert "line 21: not valid JSON" in first.stdout
     assert "line 31: rejected: time: must be an RFC 3339 timestamp with an offset" in first.stdout
     assert again.returncode == 1  # --strict: some lines were rejected
-    assert "accepted 0  duplicate 1197  rejected 3" in again.stdout
+    assert "accepted 0  duplicate 1196  conflict 1  rejected 3" in again.stdout
+    assert "line 1: conflict: id:" in again.stdout
     records = await read_topic(settings, EVENTS, expected=1197, timeout=20)
     assert len(records) == 1197
     assert len({json.loads(r.value)["id"] for r in records}) == 1197
