@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -18,7 +19,7 @@ import httpx
 import pytest
 
 from shared.ports import free_port
-from shared.stack import LocalStack
+from shared.stack import LocalStack, StackError
 from shared.topics import ALL_TOPICS, EVENTS
 from tests.conftest import API_KEY, ARTIFACTS, TEST_KEYS, read_topic, remember_patient_ids
 
@@ -65,6 +66,7 @@ def test_stack_up_is_idempotent_and_down_stops_it(state_dir: Path):
     topics = run(["topics", "create"], env)
     topics_again = run(["topics", "create"], env)
     migrated = run(["db", "migrate"], env)
+    tables_migrated = asyncio.run(count_tables(state.database_url))
     down = run(["stack", "down"], env)
 
     assert first.returncode == 0, first.stderr
@@ -72,19 +74,64 @@ def test_stack_up_is_idempotent_and_down_stops_it(state_dir: Path):
     assert state is not None
     assert first.stdout == second.stdout  # the same broker (pid, port) and database, reused
     assert f"pid {state.broker_pid}" in first.stdout
-    assert topics.stdout.count("created") == len(ALL_TOPICS)
+    assert topics.stdout.count("exists") == len(ALL_TOPICS)  # `stack up` created them
     assert topics_again.stdout.count("exists") == len(ALL_TOPICS)
     assert "0001_gateway_idempotency" in migrated.stdout
     assert down.returncode == 0, down.stderr
     assert stack.state() is None
     assert not (state_dir / "postgres" / "postmaster.pid").exists()
 
-    # A new broker has an empty log: the database that described the old one is emptied too.
+    # A new broker has an empty log, but the database is never emptied by `up` (issue 13 item
+    # 4): it says so, and `--fresh` is the one way to empty it, refused while it is in use.
     again = run(["stack", "up"], env)
-    tables = asyncio.run(count_tables(stack.state().database_url))
+    state = stack.state()
+    tables = asyncio.run(count_tables(state.database_url))
+    in_use = asyncio.run(reset_while_connected(stack, state))
+    stack.reset_database(state)
+    tables_after_reset = asyncio.run(count_tables(state.database_url))
     run(["stack", "down"], env)
     assert again.returncode == 0, again.stderr
-    assert tables == 0
+    assert "the database is kept as it was, nothing dropped" in again.stdout
+    assert state.broker_lost
+    assert tables == tables_migrated > 0
+    assert in_use == (
+        "the local database has 1 other connection(s) (painpath-test-user): stop the services"
+        " using it before emptying it"
+    )
+    assert tables_after_reset == 0
+    assert not LocalStack(state_dir)._recorded().broker_lost  # the empty database is in step
+
+
+async def reset_while_connected(stack: LocalStack, state) -> str:
+    """What `reset_database` says while another client is connected (it must refuse)."""
+    connection = await asyncpg.connect(
+        state.database_url, server_settings={"application_name": "painpath-test-user"}
+    )
+    try:
+        await asyncio.to_thread(stack.reset_database, state)
+    except StackError as refused:
+        return str(refused)
+    finally:
+        await connection.close()
+    return "not refused"
+
+
+def test_a_taken_broker_port_is_one_line_naming_the_variable(state_dir: Path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = os.environ | {"PAINPATH_STATE_DIR": str(state_dir), "PAINPATH_BROKER_PORT": str(port)}
+        env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+        env.pop("DATABASE_URL", None)
+        result = run(["stack", "up"], env)
+        run(["stack", "down"], env)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: PAINPATH_BROKER_PORT={port}: port {port} on 127.0.0.1 is taken by another"
+        " program; stop it or set PAINPATH_BROKER_PORT to a free port"
+    )
+    assert "Traceback" not in result.stderr
 
 
 @pytest.fixture
