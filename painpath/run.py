@@ -104,6 +104,44 @@ def _answers_ready(url: str) -> bool:
         return False
 
 
+def listening_inodes(port: int) -> set[str]:
+    """The socket inodes listening on a local TCP `port` (Linux /proc; empty elsewhere)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            # local_address is HEXIP:HEXPORT; state 0A is LISTEN; the inode is the 10th field
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].split(":")[1], 16) == port:
+                inodes.add(fields[9])
+    return inodes
+
+
+def listened_by(pid: int, port: int) -> bool:
+    """Whether process `pid` holds the socket listening on `port`. True where /proc cannot
+    tell (not Linux): the port was checked free before the service started."""
+    if not Path("/proc/net/tcp").exists():
+        return True
+    inodes = listening_inodes(port)
+    try:
+        links = {os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()}
+    except OSError:
+        return False
+    return any(f"socket:[{inode}]" in links for inode in inodes)
+
+
+def is_ready(service: Service) -> bool:
+    """Ready, and answered by the service this run started, not by another program that took
+    its port (a run only ever talks to the services it started)."""
+    port = httpx.URL(service.ready_url).port
+    return _answers_ready(service.ready_url) and (
+        port is None or listened_by(service.process.pid, port)
+    )
+
+
 def backoff(failures: int) -> float:
     """Seconds before restarting a service that exited `failures` times in the window."""
     return min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** max(0, failures - 1))
@@ -167,7 +205,7 @@ class Supervisor:
             code = service.process.poll()
             if code is not None:
                 self._exited(service, code, now)
-            elif not service.ready and _answers_ready(service.ready_url):
+            elif not service.ready and is_ready(service):
                 service.ready = True
                 if service.ever_ready and service.exited_at is not None:
                     self.echo(

@@ -24,7 +24,7 @@ def sleeper(service: Service, log_dir: Path) -> None:
 @pytest.fixture
 def ready(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every started service answers ready."""
-    monkeypatch.setattr(run, "_answers_ready", lambda url: True)
+    monkeypatch.setattr(run, "is_ready", lambda service: True)
 
 
 def test_a_service_that_keeps_exiting_at_start_is_reported_with_the_end_of_its_log(
@@ -176,3 +176,26 @@ def test_no_child_outlives_a_sigkilled_parent():
     else:
         os.kill(child, signal.SIGKILL)
         pytest.fail("the child outlived its SIGKILLed parent")
+
+
+def test_ready_means_answered_by_the_process_this_run_started(tmp_path: Path):
+    """Another program on the service's port answering 200 is not our service being ready."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", "0", "--bind", "127.0.0.1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        port = int(server.stdout.readline().split(" port ")[1].split()[0])
+        foreign = Service("gateway", [], f"http://127.0.0.1:{port}/")
+        sleeper(foreign, tmp_path)  # "our" gateway: a process that listens on nothing
+        ours = Service("gateway", [], f"http://127.0.0.1:{port}/", process=server)
+        assert run._answers_ready(foreign.ready_url)
+        assert not run.is_ready(foreign)
+        assert run.is_ready(ours)
+    finally:
+        server.kill()
+        server.wait()
+        foreign.process.kill()
+        foreign.process.wait()
