@@ -68,8 +68,16 @@ def stack_up() -> None:
 
 @stack_app.command("down")
 def stack_down() -> None:
-    """Stop the local broker and PostgreSQL (the database's data is kept)."""
-    LocalStack(_settings().painpath_state_dir).down()
+    """Stop the local broker and PostgreSQL (the database's data is kept). Refused while a
+    `painpath run` uses them: stop it (Ctrl-C), which stops them too when it started them."""
+    stack = LocalStack(_settings().painpath_state_dir)
+    state = stack.state()
+    if state is not None and state.run_pid and _pid_alive(state.run_pid):
+        _fail(
+            f"a painpath run (pid {state.run_pid}) uses the local stack: stop it first (Ctrl-C);"
+            " stopping the broker and PostgreSQL under its services would fail their requests"
+        )
+    stack.down()
     typer.echo("stopped")
 
 

@@ -228,3 +228,23 @@ def test_publish_with_a_wrong_key_says_so(gateway_process, tmp_path):
 
     assert result.returncode == 2
     assert "refused the API key (401)" in result.stderr
+
+
+def test_stack_down_is_refused_while_a_run_uses_the_stack(state_dir: Path):
+    env = os.environ | {
+        "PAINPATH_STATE_DIR": str(state_dir),
+        "PAINPATH_BROKER_PORT": str(free_port()),
+    }
+    env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+    env.pop("DATABASE_URL", None)
+    assert run(["stack", "up"], env).returncode == 0
+    stack = LocalStack(state_dir)
+    stack.update(run_pid=os.getpid())  # a live "run"
+    refused = run(["stack", "down"], env)
+    stack.update(run_pid=0)
+    down = run(["stack", "down"], env)
+
+    assert refused.returncode == 2
+    assert f"a painpath run (pid {os.getpid()}) uses the local stack" in refused.stderr
+    assert down.returncode == 0, down.stderr
+    assert stack.state() is None
