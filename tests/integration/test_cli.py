@@ -51,13 +51,19 @@ async def count_tables(database_url: str) -> int:
         await connection.close()
 
 
-def test_stack_up_is_idempotent_and_down_stops_it(state_dir: Path):
+def local_env(state_dir: Path, broker_port: int | None = None) -> dict[str, str]:
+    """The environment of a local stack of its own (no broker or database of the caller's)."""
     env = os.environ | {
         "PAINPATH_STATE_DIR": str(state_dir),
-        "PAINPATH_BROKER_PORT": str(free_port()),
+        "PAINPATH_BROKER_PORT": str(broker_port or free_port()),
     }
     env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
     env.pop("DATABASE_URL", None)
+    return env
+
+
+def test_stack_up_is_idempotent_and_down_stops_it(state_dir: Path):
+    env = local_env(state_dir)
 
     first = run(["stack", "up"], env)
     second = run(["stack", "up"], env)
@@ -121,9 +127,7 @@ def test_a_taken_broker_port_is_one_line_naming_the_variable(state_dir: Path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        env = os.environ | {"PAINPATH_STATE_DIR": str(state_dir), "PAINPATH_BROKER_PORT": str(port)}
-        env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
-        env.pop("DATABASE_URL", None)
+        env = local_env(state_dir, port)
         result = run(["stack", "up"], env)
         run(["stack", "down"], env)
     assert result.returncode == 2
@@ -231,12 +235,7 @@ def test_publish_with_a_wrong_key_says_so(gateway_process, tmp_path):
 
 
 def test_stack_down_is_refused_while_a_run_uses_the_stack(state_dir: Path):
-    env = os.environ | {
-        "PAINPATH_STATE_DIR": str(state_dir),
-        "PAINPATH_BROKER_PORT": str(free_port()),
-    }
-    env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
-    env.pop("DATABASE_URL", None)
+    env = local_env(state_dir)
     assert run(["stack", "up"], env).returncode == 0
     stack = LocalStack(state_dir)
     stack.update(run_pid=os.getpid())  # a live "run"

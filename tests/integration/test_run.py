@@ -44,26 +44,32 @@ def run_env(state_dir: Path) -> dict[str, str]:
     return env
 
 
+def start_run(env: dict[str, str], args: list[str], timeout: float):
+    """`painpath run ARGS`, read until it says it is running; the process and the lines read."""
+    run = subprocess.Popen(
+        [sys.executable, "-m", "painpath", "run", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines = []
+    deadline = time.monotonic() + timeout
+    for line in run.stdout:
+        lines.append(line)
+        if "running: Ctrl-C stops every service" in line:
+            break
+        assert time.monotonic() < deadline, "".join(lines[-20:])
+    return run, lines
+
+
 def test_run_replays_a_feed_prints_the_summary_and_stops_everything_on_ctrl_c():
     with tempfile.TemporaryDirectory(prefix="painpath-test-run-") as folder:
         state_dir = Path(folder)
         env = run_env(state_dir)
         classifier_port = int(env["CLASSIFIER_PORT"])
         assert free_port() != classifier_port + 1  # the second worker's port is free enough
-        run = subprocess.Popen(
-            [sys.executable, "-m", "painpath", "run", "--patients", "30", "--seed", "4"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        lines = []
-        deadline = time.monotonic() + 240
-        for line in run.stdout:
-            lines.append(line)
-            if "running: Ctrl-C stops every service" in line:
-                break
-            assert time.monotonic() < deadline, "".join(lines[-20:])
+        run, lines = start_run(env, ["--patients", "30", "--seed", "4"], timeout=240)
         broker_pid = LocalStack(state_dir).state().broker_pid
 
         run.send_signal(signal.SIGINT)
@@ -114,20 +120,7 @@ def test_taken_default_ports_are_replaced_and_said_and_set_tokens_are_named():
             env["COORDINATOR_TOKENS"] = (
                 '[{"name": "dr-test", "token": "a-test-token-0001", "role": "admin"}]'
             )
-            run = subprocess.Popen(
-                [sys.executable, "-m", "painpath", "run", "--patients", "0", "--classifiers", "1"],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-            lines = []
-            deadline = time.monotonic() + 120
-            for line in run.stdout:
-                lines.append(line)
-                if "running: Ctrl-C stops every service" in line:
-                    break
-                assert time.monotonic() < deadline, "".join(lines[-20:])
+            run, lines = start_run(env, ["--patients", "0", "--classifiers", "1"], timeout=120)
             state = LocalStack(state_dir).state()
             run.send_signal(signal.SIGINT)
             output = "".join(lines) + run.stdout.read()
