@@ -228,6 +228,7 @@ def test_stack_up_after_a_broker_death_drops_nothing_and_a_new_run_keeps_what_pe
     assert "kept from earlier runs:" in second.output
     assert "replaying the feed" in second.output
     assert "2 completed, 2 with an outcome" in second.output
+    assert "the classifier workers start once the feed is published" in second.output
 
 
 def test_run_restarts_a_killed_worker_and_no_service_outlives_a_killed_run(state_dir: Path):
