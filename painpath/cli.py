@@ -10,8 +10,9 @@ from pathlib import Path
 import typer
 
 from shared.logging import configure_logging
+from shared.ports import PortTaken
 from shared.settings import Settings
-from shared.stack import LocalStack, resolve_endpoints
+from shared.stack import LocalStack, StackError, local_stack, resolve_endpoints
 
 # Kubernetes waits 30 s after SIGTERM: open connections get 5, the services' shutdown the rest.
 SHUTDOWN_GRACE_SECONDS = 5
@@ -38,19 +39,45 @@ def _settings() -> Settings:
 
 @stack_app.command("up")
 def stack_up() -> None:
-    """Start the Tansu broker and the embedded PostgreSQL (reusing what already runs)."""
+    """Start the Tansu broker and the embedded PostgreSQL (reusing what already runs).
+
+    A new broker (after the previous one died) gets the catalog's topics at once, for the
+    services that may still run; the database is kept as it is, never emptied."""
+    from shared.kafka import create_topics
+
     settings = _settings()
-    state = LocalStack(settings.painpath_state_dir, settings.painpath_broker_port).up()
+    stack = local_stack(settings)
+    was_running = stack.state() is not None
+    state = stack.up()
+    for note in stack.notes:
+        typer.echo(note)
     typer.echo(f"broker    {state.bootstrap_servers} (pid {state.broker_pid})")
     typer.echo(f"database  {state.database_url}")
     typer.echo(f"state     {settings.painpath_state_dir.resolve()}")
     typer.echo("local gateway API key: painpath stack key")
+    if not was_running:
+        asyncio.run(create_topics(settings, state.bootstrap_servers))
+    if state.broker_lost:
+        typer.echo(
+            "a new broker replaced the one the database's events came through: its topics are"
+            " empty (created again); the database is kept as it was, nothing dropped."
+            " `painpath run` keeps what people did and replays its feed;"
+            " `painpath run --fresh` empties the database first"
+        )
 
 
 @stack_app.command("down")
 def stack_down() -> None:
-    """Stop the local broker and PostgreSQL (the database's data is kept)."""
-    LocalStack(_settings().painpath_state_dir).down()
+    """Stop the local broker and PostgreSQL (the database's data is kept). Refused while a
+    `painpath run` uses them: stop it (Ctrl-C), which stops them too when it started them."""
+    stack = LocalStack(_settings().painpath_state_dir)
+    state = stack.state()
+    if state is not None and state.run_pid and _pid_alive(state.run_pid):
+        _fail(
+            f"a painpath run (pid {state.run_pid}) uses the local stack: stop it first (Ctrl-C);"
+            " stopping the broker and PostgreSQL under its services would fail their requests"
+        )
+    stack.down()
     typer.echo("stopped")
 
 
@@ -59,9 +86,18 @@ def stack_key(
     admin: bool = typer.Option(False, "--admin", help="The coordinators' API admin token instead"),
 ) -> None:
     """Print the local gateway's API key (allowed every source), or the local admin token."""
-    state = LocalStack(_settings().painpath_state_dir).state()
+    settings = _settings()
+    state = LocalStack(settings.painpath_state_dir).state()
     if state is None:
         raise typer.BadParameter("the local stack is not running: painpath stack up")
+    configured = settings.coordinator_tokens if admin else settings.gateway_api_keys
+    if configured:
+        variable = "COORDINATOR_TOKENS" if admin else "GATEWAY_API_KEYS"
+        typer.echo(
+            f"note: {variable} is set, so the services accept its entries"
+            f" ({', '.join(entry.name for entry in configured)}), not this local one",
+            err=True,
+        )
     typer.echo(state.admin_token if admin else state.api_key)
 
 
@@ -136,64 +172,232 @@ def run(
     classifiers: int = typer.Option(2, min=1, help="Classifier workers to start"),
     patients: int = typer.Option(200, min=0, help="Patients in the replayed feed (0: no replay)"),
     seed: int = typer.Option(1, help="The simulated feed's seed"),
+    fresh: bool = typer.Option(
+        False, "--fresh", help="Empty the local database first (tasks, outcomes, audit too)"
+    ),
 ) -> None:
-    """Run the whole system locally, replay a simulated hospital feed, and keep running."""
+    """Run the whole system locally, replay a simulated hospital feed, and keep running.
+
+    What people did in earlier runs (task completions, outcomes, the audit trail) is kept
+    unless --fresh is given; the console says what was kept and what is replayed."""
+    import os
+    import threading
+
     from painpath.run import Service, run_services
     from shared.db import migrate
     from shared.kafka import create_topics
 
     settings = _settings()
-    stack = LocalStack(settings.painpath_state_dir, settings.painpath_broker_port)
-    stack_was_running = stack.state() is not None
-    endpoints = resolve_endpoints(settings)
+    me = os.getpid()
+    stack = local_stack(settings, owner_pid=me)
+    _refuse_a_second_run(stack, settings)
+    endpoints = resolve_endpoints(settings, stack)
+    for note in stack.notes:
+        typer.echo(note)
+    state = stack.state() if endpoints.local else None
+    owns_stack = state is not None and _owns_stack(stack, state, me)
+    if fresh:
+        if state is None:
+            _fail("--fresh empties the local stack's database only; DATABASE_URL is set")
+        stack.reset_database(state)
+        typer.echo("--fresh: emptied the local database")
     asyncio.run(create_topics(settings, endpoints.bootstrap_servers))
     asyncio.run(migrate(endpoints.database_url))
-    gateway = f"http://{settings.gateway_host}:{settings.gateway_port}"
-    coordinator = f"http://{settings.coordinator_host}:{settings.coordinator_port}"
+    feed = _feed_file(settings, patients, seed) if patients else None
+    # Start-up after a broker loss: what is kept, what is replayed (`painpath.restart`).
+    hold_classifiers = state is not None and _say_what_is_kept(stack, endpoints.database_url, feed)
+    published = threading.Event()  # the feed is on the broker (or will not be)
+    ports = _choose_ports(settings, classifiers)
+    gateway = f"http://{settings.gateway_host}:{ports['gateway']}"
+    coordinator = f"http://{settings.coordinator_host}:{ports['coordinator']}"
     services = [
-        Service("gateway", ["gateway"], f"{gateway}/readyz"),
-        Service("coordinator", ["coordinator"], f"{coordinator}/readyz"),
+        Service("gateway", ["gateway", "--port", str(ports["gateway"])], f"{gateway}/readyz"),
+        Service(
+            "coordinator",
+            ["coordinator", "--port", str(ports["coordinator"])],
+            f"{coordinator}/readyz",
+        ),
     ]
     for number in range(classifiers):
-        port = settings.classifier_port + number
+        port = ports[f"classifier-{number + 1}"]
         services.append(
             Service(
                 f"classifier-{number + 1}",
                 ["classifier", "--port", str(port)],
                 f"http://{settings.classifier_host}:{port}/readyz",
+                held_until=published if hold_classifiers else None,
             )
         )
-    typer.echo(f"gateway      {gateway}  (API key: painpath stack key)")
-    typer.echo(f"coordinator  {coordinator}  (token: painpath stack key --admin)")
+    typer.echo(f"gateway      {gateway}  (API key: {_key_hint(settings)})")
+    typer.echo(f"coordinator  {coordinator}  (token: {_token_hint(settings)})")
+
+    def record(services: list[Service]) -> None:
+        if state is not None:
+            stack.update(
+                run_pid=me,
+                services={
+                    s.name: {"url": s.ready_url.removesuffix("/readyz"), "pid": s.process.pid}
+                    for s in services
+                },
+            )
 
     def replay() -> None:
-        if patients:
-            _replay(settings, endpoints, gateway, coordinator, patients, seed)
+        try:
+            if feed is not None:
+                _replay(settings, endpoints, gateway, coordinator, feed, published.set)
+        finally:
+            published.set()
 
     log_dir = settings.painpath_state_dir / "logs"
-    status = run_services(services, typer.echo, log_dir, replay)
-    if endpoints.local and not stack_was_running:  # we started it: we stop it
+    try:
+        status = run_services(services, typer.echo, log_dir, replay, on_change=record)
+    finally:
+        if state is not None and stack.state() is not None:
+            stack.update(run_pid=0, services={})
+    if owns_stack:  # the broker and PostgreSQL are the last things stopped
         stack.down()
         typer.echo("stopped the local broker and PostgreSQL")
     raise typer.Exit(status)
 
 
-def _replay(settings, endpoints, gateway: str, coordinator: str, patients: int, seed: int) -> None:
-    """Replay a simulated feed through the gateway, wait until it settled, print the summary."""
+def _refuse_a_second_run(stack: LocalStack, settings: Settings) -> None:
+    """One run per state folder: a second would talk to the first one's services."""
+    state = stack.state()
+    if state is not None and state.run_pid and _pid_alive(state.run_pid):
+        _fail(
+            f"another painpath run (pid {state.run_pid}) uses the local stack in"
+            f" {settings.painpath_state_dir}: stop it first, or set PAINPATH_STATE_DIR"
+        )
+
+
+def _owns_stack(stack: LocalStack, state, me: int) -> bool:
+    """Whether this run stops the local stack at its end: it started it, or the run that did is
+    gone (SIGKILLed: its broker and PostgreSQL outlived it, and this run adopts them)."""
+    if state.owner_pid == me:
+        return True
+    if state.owner_pid != 0 and not _pid_alive(state.owner_pid):
+        stack.update(owner_pid=me)
+        return True
+    return False  # `painpath stack up` started it, or another live process
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _pid_alive(pid: int) -> bool:
+    from shared.stack import _pid_alive as alive
+
+    return alive(pid)
+
+
+def _key_hint(settings: Settings) -> str:
+    if settings.gateway_api_keys:
+        names = ", ".join(key.name for key in settings.gateway_api_keys)
+        return f"one of GATEWAY_API_KEYS: {names}"
+    return "painpath stack key"
+
+
+def _token_hint(settings: Settings) -> str:
+    """Where the token the coordinator accepts is: the local one only if no tokens are set."""
+    if settings.coordinator_tokens:
+        return "one of COORDINATOR_TOKENS: " + ", ".join(
+            f"{token.name} ({token.role})" for token in settings.coordinator_tokens
+        )
+    return "painpath stack key --admin"
+
+
+def _choose_ports(settings: Settings, classifiers: int) -> dict[str, int]:
+    """Each service's port: its setting if free; a free one (said) if the default is taken;
+    one line naming the variable if a port that was set is taken. Worker N takes
+    CLASSIFIER_PORT + N - 1, or a free port when that one is taken."""
+    from shared.ports import choose_port, free_port
+
+    explicit = settings.model_fields_set
+    wanted = [
+        ("gateway", settings.gateway_port, "GATEWAY_PORT", "gateway_port" in explicit),
+        (
+            "coordinator",
+            settings.coordinator_port,
+            "COORDINATOR_PORT",
+            "coordinator_port" in explicit,
+        ),
+    ] + [
+        (
+            f"classifier-{n + 1}",
+            settings.classifier_port + n,
+            "CLASSIFIER_PORT",
+            n == 0 and "classifier_port" in explicit,
+        )
+        for n in range(classifiers)
+    ]
+    ports: dict[str, int] = {}
+    for name, port, variable, was_set in wanted:
+        if port in ports.values():  # e.g. CLASSIFIER_PORT + N is the coordinator's
+            port = free_port()
+        try:
+            chosen, note = choose_port(port, variable, was_set)
+        except PortTaken as taken:
+            _fail(str(taken))
+        if note:
+            typer.echo(f"{name}: {note}")
+        ports[name] = chosen
+    return ports
+
+
+def _feed_file(settings: Settings, patients: int, seed: int) -> Path:
+    """The simulated feed, ending today (UTC midnight) so that statuses as of now are the ones
+    it implies; written once per day, patients and seed."""
+    from painpath.simulate import write_feed
+
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    feed = settings.painpath_state_dir / f"feed-{patients}-{seed}-{today:%Y%m%d}.jsonl"
+    if not feed.exists():
+        settings.painpath_state_dir.mkdir(parents=True, exist_ok=True)
+        write_feed(feed, patients, seed, as_of=today)
+    return feed
+
+
+def _say_what_is_kept(stack: LocalStack, database_url: str, feed: Path | None) -> bool:
+    """Say what the local database keeps of earlier runs, and, when the broker holding their
+    events is gone, what this run replays (see `painpath.restart`). True when the classifier
+    workers should start only once the feed is published again."""
+    from painpath.restart import after_broker_loss, kept_state
+
+    state = stack.state()
+    kept = asyncio.run(kept_state(database_url))
+    if kept.anything:
+        typer.echo(f"kept from earlier runs: {kept.describe()}")
+    if not state.broker_lost:
+        return False
+    typer.echo(asyncio.run(after_broker_loss(database_url, feed)))
+    stack.update(database_broker_id=state.broker_id)
+    if feed is None or not kept.care_plans:
+        return False
+    typer.echo(
+        "the classifier workers start once the feed is published: each patient is then decided"
+        " once on its whole history, not first on its earliest events (which would cancel"
+        " the open tasks of the plans kept and propose them again)"
+    )
+    return True
+
+
+def _replay(
+    settings, endpoints, gateway: str, coordinator: str, feed: Path, on_published=None
+) -> None:
+    """Replay a simulated feed through the gateway, wait until it settled, print the summary.
+    `on_published` is called once the whole feed is on the broker."""
     from rich.console import Console
     from rich.table import Table
 
     from painpath.publish import publish_file
-    from painpath.simulate import write_feed
     from painpath.summary import summarize, wait_until_settled
 
-    # The feed ends today (UTC midnight), so that statuses as of now are the ones it implies.
-    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    feed = settings.painpath_state_dir / f"feed-{patients}-{seed}-{today:%Y%m%d}.jsonl"
-    if not feed.exists():
-        write_feed(feed, patients, seed, as_of=today)
     local_key = next(key.key.get_secret_value() for key in endpoints.api_keys)
     published = publish_file(feed, gateway, local_key)
+    if on_published is not None:
+        on_published()
     typer.echo("waiting for the classifier and the coordinator to catch up ...")
     waited = asyncio.run(
         wait_until_settled(settings, endpoints.bootstrap_servers, endpoints.database_url)
@@ -202,7 +406,8 @@ def _replay(settings, endpoints, gateway: str, coordinator: str, patients: int, 
     console = Console()
     console.print(
         f"\nfeed: {feed}  accepted {published.accepted}, duplicate {published.duplicate},"
-        f" rejected {published.rejected} (settled {waited:.0f} s after the last batch)"
+        f" conflict {published.conflict}, rejected {published.rejected}"
+        f" (settled {waited:.0f} s after the last batch)"
     )
     for reason in published.first_reasons[:3]:
         console.print(f"  {reason}")
@@ -227,7 +432,7 @@ def _replay(settings, endpoints, gateway: str, coordinator: str, patients: int, 
             f"slowest event-to-task latency: {summary.slowest_event_to_task_seconds:.2f} s"
             " (from the gateway's acceptance to the task, during the replay's burst)"
         )
-    console.print(f"dashboard: {coordinator}/dashboard  (token: painpath stack key --admin)")
+    console.print(f"dashboard: {coordinator}/dashboard  (token: {_token_hint(settings)})")
 
 
 @app.command()
@@ -361,26 +566,38 @@ def publish(
     from painpath.publish import PublishError, publish_file
 
     settings = _settings()
+    state = LocalStack(settings.painpath_state_dir).state()
     if api_key is None:
-        state = LocalStack(settings.painpath_state_dir).state()
+        if settings.gateway_api_keys:
+            raise typer.BadParameter(
+                "GATEWAY_API_KEYS is set, so the gateway does not take the local key:"
+                " give --api-key (or PAINPATH_API_KEY)"
+            )
         if state is None:
             raise typer.BadParameter(
                 "give --api-key (or PAINPATH_API_KEY), or run painpath stack up"
             )
         api_key = state.api_key
-    url = gateway_url or f"http://{settings.gateway_host}:{settings.gateway_port}"
+    url = gateway_url or _gateway_url(settings, state)
     try:
         summary = publish_file(file, url, api_key, batch_size)
     except PublishError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
-    typer.echo(
-        f"accepted {summary.accepted}  duplicate {summary.duplicate}  rejected {summary.rejected}"
-    )
+    typer.echo(summary.counts())
     for reason in summary.first_reasons:
         typer.echo(f"  {reason}")
-    if strict and summary.rejected:
+    if strict and (summary.rejected or summary.conflict):
         raise typer.Exit(1)
+
+
+def _gateway_url(settings: Settings, state) -> str:
+    """The gateway of the running `painpath run` (its port is in the stack's state file), unless
+    GATEWAY_HOST or GATEWAY_PORT says otherwise."""
+    recorded = state.service_url("gateway") if state is not None else None
+    if recorded and not {"gateway_host", "gateway_port"} & settings.model_fields_set:
+        return recorded
+    return f"http://{settings.gateway_host}:{settings.gateway_port}"
 
 
 @contract_app.command("export")
@@ -424,4 +641,11 @@ def _serve(name: str, asgi_app, host: str, port: int) -> None:
 
 
 def main() -> None:
-    app()
+    """The command line; a local stack or port problem is one line naming what to change."""
+    import sys
+
+    try:
+        app()
+    except (StackError, PortTaken) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

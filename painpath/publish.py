@@ -27,16 +27,30 @@ class PublishError(RuntimeError):
 class Summary:
     accepted: int = 0
     duplicate: int = 0
-    rejected: int = 0
+    conflict: int = 0  # the same (source, id) accepted before with other content (409)
+    rejected: int = 0  # breaks the contract (422), not JSON, or not allowed for its source (403)
     _reasons: list[tuple[int, str]] = field(default_factory=list)
 
     def reject(self, line: int, reason: str) -> None:
         self.rejected += 1
+        self._note(line, reason)
+
+    def conflicts(self, line: int, reason: str) -> None:
+        self.conflict += 1
+        self._note(line, reason)
+
+    def _note(self, line: int, reason: str) -> None:
         self._reasons = sorted([*self._reasons, (line, reason)])[:MAX_REASONS]
+
+    def counts(self) -> str:
+        return (
+            f"accepted {self.accepted}  duplicate {self.duplicate}  conflict {self.conflict}"
+            f"  rejected {self.rejected}"
+        )
 
     @property
     def first_reasons(self) -> list[str]:
-        """The reasons of the first rejected lines, by line number."""
+        """The reasons of the first rejected or conflicting lines, by line number."""
         return [f"line {line}: {reason}" for line, reason in self._reasons]
 
 
@@ -94,7 +108,10 @@ def publish_file(path: Path, gateway_url: str, api_key: str, batch_size: int = 5
                     summary.duplicate += 1
                 else:
                     reasons = "; ".join(f"{e['field']}: {e['reason']}" for e in result["errors"])
-                    summary.reject(line, f"{result['status']}: {reasons}")
+                    if result["status"] == "conflict":
+                        summary.conflicts(line, f"conflict: {reasons}")
+                    else:
+                        summary.reject(line, f"{result['status']}: {reasons}")
             progress.advance(task, len(batch))
             batch.clear()
 

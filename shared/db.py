@@ -85,5 +85,21 @@ async def migrate(database_url: str) -> list[Migration]:
         await connection.close()
 
 
+class SchemaError(SafeMessage, RuntimeError):
+    """Tables a service needs are missing (the schema was dropped, or never migrated)."""
+
+
+async def check_schema(connection: asyncpg.Connection | asyncpg.Pool, tables: list[str]) -> None:
+    """Raise SchemaError naming the `tables` missing: a service whose tables are gone is not
+    ready (every request would fail), whatever `SELECT 1` says."""
+    missing = await connection.fetchval(
+        """SELECT array_agg(name ORDER BY name) FROM unnest($1::text[]) AS name
+           WHERE to_regclass(name) IS NULL""",
+        ["schema_migrations", *tables],
+    )
+    if missing:
+        raise SchemaError(f"table(s) missing: {', '.join(missing)} (run painpath db migrate)")
+
+
 async def create_pool(database_url: str, max_size: int = 10) -> asyncpg.Pool:
     return await asyncpg.create_pool(database_url, min_size=1, max_size=max_size)

@@ -6,7 +6,9 @@ log line, whatever a caller passes:
   `LOG_PSEUDONYM_KEY`), so the same patient can be followed across lines without being named;
 - clinical free text and whole payloads (`REDACTED_KEYS`) are replaced by `[redacted]`;
 - exceptions are rendered as their type and stack frames only: their messages can carry values
-  (a validation error repeats its input), unless the exception says it is safe (`SafeMessage`).
+  (a validation error repeats its input), unless the exception says it is safe (`SafeMessage`);
+- a library's record (standard `logging`) is formatted with its arguments only where they cannot
+  be data (`TRUSTED_ARG_LOGGERS`); elsewhere only its numbers are filled in.
 """
 
 from __future__ import annotations
@@ -46,8 +48,13 @@ REDACTED_KEYS = frozenset(
     }
 )
 REDACTED = "[redacted]"
-# Libraries whose INFO lines are chatter for an operator (pgserver narrates every pg_ctl call).
-QUIET_LOGGERS = ("pgserver", "aiokafka", "asyncio")
+# Libraries whose INFO lines are chatter for an operator (pgserver narrates every pg_ctl call;
+# httpx and httpcore name every URL requested, and a URL can hold a patient id).
+QUIET_LOGGERS = ("pgserver", "aiokafka", "asyncio", "httpx", "httpcore")
+# Libraries whose log arguments are addresses, names of topics and groups, counts and states,
+# never an event's content: their records are formatted with every argument. Other libraries'
+# records get their numbers, and `[redacted]` for every other argument.
+TRUSTED_ARG_LOGGERS = ("uvicorn", "aiokafka")
 
 
 class SafeMessage:
@@ -136,10 +143,9 @@ def configure_logging(
         cache_logger_on_first_use=False,
     )
     # Libraries (aiokafka, uvicorn) log through the standard library: their lines go
-    # through the same privacy filter. Their messages are formatted before we see them, so
-    # their arguments are dropped and only the message template is kept.
+    # through the same privacy filter, formatted by `_library_message`.
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[_template_only, *shared_processors],
+        foreign_pre_chain=[_library_message, *shared_processors],
         pass_foreign_args=True,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
@@ -155,9 +161,35 @@ def configure_logging(
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
-def _template_only(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _library_message(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """A library record's message with its arguments filled in as far as they are safe: all of
+    them for `TRUSTED_ARG_LOGGERS`, else numbers only (any other argument reads `[redacted]`);
+    an exception argument is its type (and its message if `SafeMessage`)."""
     record: logging.LogRecord | None = event_dict.get("_record")
-    if event_dict.pop("positional_args", None) and record is not None:
+    args = event_dict.pop("positional_args", None)
+    if record is None:
+        return event_dict
+    if not args:
+        event_dict["event"] = str(record.msg)
+        return event_dict
+    trusted = any(
+        record.name == name or record.name.startswith(name + ".") for name in TRUSTED_ARG_LOGGERS
+    )
+
+    def safe(arg: Any) -> Any:
+        if isinstance(arg, BaseException):
+            return _exception_summary(arg)
+        if trusted or (isinstance(arg, int | float) and not isinstance(arg, bool)):
+            return arg
+        return REDACTED
+
+    if isinstance(args, Mapping):
+        values: Any = {name: safe(value) for name, value in args.items()}
+    else:
+        values = tuple(safe(arg) for arg in args)
+    try:
+        event_dict["event"] = str(record.msg) % values
+    except (TypeError, ValueError, KeyError):  # a placeholder wanting what was redacted
         event_dict["event"] = str(record.msg)
     return event_dict
 

@@ -6,6 +6,8 @@ import random
 import socket
 from pathlib import Path
 
+from shared.logging import SafeMessage
+
 _PORT_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 
@@ -35,3 +37,34 @@ def free_port(host: str = "127.0.0.1") -> int:
                 continue
             return port
     raise RuntimeError("no free port below the ephemeral range")
+
+
+class PortTaken(SafeMessage, RuntimeError):
+    """A port named by its variable is taken: the message says which and what to do."""
+
+
+def binds(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could listen on `port` now (as servers do, with SO_REUSEADDR)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def choose_port(
+    preferred: int, variable: str, explicit: bool, host: str = "127.0.0.1"
+) -> tuple[int, str | None]:
+    """`preferred` if it is free; else, when the port was only a default, a free one and a line
+    saying so; when it was set (`explicit`), PortTaken naming the variable."""
+    if binds(preferred, host):
+        return preferred, None
+    if explicit:
+        raise PortTaken(
+            f"{variable}={preferred}: port {preferred} on {host} is taken by another program;"
+            f" stop it or set {variable} to a free port"
+        )
+    port = free_port(host)
+    return port, f"port {preferred} ({variable}) is taken: using {port} instead"

@@ -188,7 +188,8 @@ def explain(determination: Determination) -> str:
     lines = [
         f"patient {d.patient_id}: {d.status.value.replace('_', ' ').upper()}",
         f"  as of {d.as_of.isoformat()} under policy {d.policy}",
-        f"  pain for {d.pain_days if d.pain_days is not None else '?'} days"
+        f"  pain for {d.pain_days if d.pain_days is not None else '?'}"
+        f" day{'' if d.pain_days == 1 else 's'}"
         f" (since {d.pain_start or 'unknown'}), current pain {pain},"
         f" classification {d.classification.value if d.classification else 'none'}",
         f"  failed drugs: {', '.join(d.failed_drugs) or 'none'}"

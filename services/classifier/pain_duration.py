@@ -59,7 +59,7 @@ def pain_duration(
         start = utc_date(when)
     days = (utc_date(as_of) - start).days
     chronic = days >= policy.chronic_days
-    text = f"pain for {days} days since {start.isoformat()} ({origin}); "
+    text = f"pain for {days} day{'' if days == 1 else 's'} since {start.isoformat()} ({origin}); "
     if chronic:
         reason = Reason(code="pain.chronic", text=text + f"chronic from {policy.chronic_days} days")
     else:

@@ -33,7 +33,12 @@ def treatment_criteria(
     minimum of 0 does not apply; an unknown current pain never meets its criterion."""
     name, criteria = policy.criteria_for(classification)
     checks = [
-        ("pain_days", criteria.min_pain_days, pain_days, f"pain for {pain_days} days"),
+        (
+            "pain_days",
+            criteria.min_pain_days,
+            pain_days,
+            f"pain for {pain_days} day{'' if pain_days == 1 else 's'}",
+        ),
         (
             "failed_drugs",
             criteria.min_failed_drugs,

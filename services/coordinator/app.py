@@ -34,7 +34,7 @@ from services.coordinator.scheduling import Roster
 from services.coordinator.service import Coordinator
 from services.coordinator.templates import PlanTemplates
 from shared import tracing
-from shared.db import create_pool, migrate
+from shared.db import SchemaError, check_schema, create_pool, migrate
 from shared.kafka import client_options, reliable_producer
 from shared.logging import get_logger
 from shared.progress import Progress
@@ -48,6 +48,17 @@ log = get_logger("painpath.coordinator")
 GROUP = "painpath-coordinator"
 TIMELINE_GROUP = "painpath-coordinator-timeline"
 READINESS_TIMEOUT = 3.0
+# Not ready without these (a dropped schema answers `SELECT 1` and fails every request).
+SCHEMA_TABLES = [
+    "determinations",
+    "care_plans",
+    "tasks",
+    "task_audit",
+    "outbox",
+    "outbox_counter",
+    "patient_sequences",
+    "patient_events",
+]
 STOP_SECONDS = 10.0  # for the consumers, then again for the relay: within Kubernetes' 30 s grace
 
 
@@ -272,7 +283,9 @@ def create_app(
         checks = {"database": "ok", "determinations": "ok", "events": "ok", "relay": "ok"}
         try:
             async with asyncio.timeout(READINESS_TIMEOUT):
-                await state["pool"].fetchval("SELECT 1")
+                await check_schema(state["pool"], SCHEMA_TABLES)
+        except SchemaError as exc:
+            checks["database"] = f"failing: {exc}"
         except Exception as exc:  # what failed is the answer, not an error of ours
             checks["database"] = f"failing: {type(exc).__name__}"
         for consumer in state["consumers"]:

@@ -37,7 +37,7 @@ from services.gateway.ingest import (
 )
 from shared import tracing
 from shared.contract import EVENT_MODELS, json_text
-from shared.db import create_pool, migrate
+from shared.db import SchemaError, check_schema, create_pool, migrate
 from shared.kafka import reliable_producer
 from shared.logging import get_logger
 from shared.settings import ApiKey, Settings
@@ -365,6 +365,8 @@ async def _check(probe) -> str:
     try:
         await asyncio.wait_for(probe, READINESS_TIMEOUT)
         return "ok"
+    except SchemaError as exc:
+        return f"failing: {exc}"
     except Exception as exc:  # what failed is the answer, not an error of ours
         return f"failing: {type(exc).__name__}"
 
@@ -375,7 +377,7 @@ async def _broker_ready(state: dict[str, Any]) -> None:
 
 async def _database_ready(state: dict[str, Any]) -> None:
     async with state["pool"].acquire() as connection:
-        await connection.fetchval("SELECT 1")
+        await check_schema(connection, ["gateway_accepted_events"])
 
 
 async def sweep_retention(pool: asyncpg.Pool, days: int) -> int:

@@ -134,7 +134,7 @@ SCORE_RANGES: dict[Instrument, tuple[int, int, bool]] = {
 
 # Enumerations are JSON strings: validated by value (pydantic's strict mode wants the member).
 Lax = Strict(False)
-_NUMBER_REASON = "Input should be a valid number"
+_NUMBER_REASON = "must be a JSON number, not a string or a boolean"
 # Wide enough that shifting a score's decimal point (vas / 10) never rounds it.
 _EXACT = Context(prec=MAX_DIGITS + 2)
 
@@ -157,18 +157,16 @@ def _number(value: Any) -> Decimal:
 def _positive(value: Any) -> Decimal:
     number = _number(value)
     if not number > 0:
-        raise PydanticCustomError("greater_than", "Input should be greater than 0")
+        raise PydanticCustomError("greater_than", "must be greater than 0")
     return number
 
 
 def _percent(value: Any) -> Decimal:
     number = _number(value)
     if number < 0:
-        raise PydanticCustomError(
-            "greater_than_equal", "Input should be greater than or equal to 0"
-        )
+        raise PydanticCustomError("greater_than_equal", "must be greater than or equal to 0")
     if number > 100:
-        raise PydanticCustomError("less_than_equal", "Input should be less than or equal to 100")
+        raise PydanticCustomError("less_than_equal", "must be less than or equal to 100")
     return number
 
 
@@ -487,9 +485,20 @@ _REASONS = {
     "union_tag_invalid": "unknown event type; expected one of " + ", ".join(EVENT_MODELS),
     "union_tag_not_found": "field required",
     "timezone_aware": TIME_REASON,
-    "list_type": "Input should be a valid array",
+    "list_type": "must be a JSON array",
+    "string_type": "must be a JSON string",
+    "bool_type": "must be a JSON boolean (true or false)",
     "dict_type": "must be a JSON object",
 }
+
+
+def _reason(message: str) -> str:
+    """pydantic's own wording made to read like the contract's ("must be ...")."""
+    message = message.removeprefix("Value error, ")
+    for theirs, ours in (("Input should be ", "must be "), ("String should ", "must ")):
+        if message.startswith(theirs):
+            return ours + message.removeprefix(theirs)
+    return message
 
 
 def _violations(error: ValidationError) -> list[Violation]:
@@ -501,7 +510,7 @@ def _violations(error: ValidationError) -> list[Violation]:
         kind = detail["type"]
         if kind in ("union_tag_invalid", "union_tag_not_found"):
             loc = ("type",)
-        reason = _REASONS.get(kind) or detail["msg"].removeprefix("Value error, ")
+        reason = _REASONS.get(kind) or _reason(detail["msg"])
         violations.append(Violation(field=_field_path(loc), reason=reason))
     return violations
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -18,7 +19,7 @@ import httpx
 import pytest
 
 from shared.ports import free_port
-from shared.stack import LocalStack
+from shared.stack import LocalStack, StackError
 from shared.topics import ALL_TOPICS, EVENTS
 from tests.conftest import API_KEY, ARTIFACTS, TEST_KEYS, read_topic, remember_patient_ids
 
@@ -50,13 +51,19 @@ async def count_tables(database_url: str) -> int:
         await connection.close()
 
 
-def test_stack_up_is_idempotent_and_down_stops_it(state_dir: Path):
+def local_env(state_dir: Path, broker_port: int | None = None) -> dict[str, str]:
+    """The environment of a local stack of its own (no broker or database of the caller's)."""
     env = os.environ | {
         "PAINPATH_STATE_DIR": str(state_dir),
-        "PAINPATH_BROKER_PORT": str(free_port()),
+        "PAINPATH_BROKER_PORT": str(broker_port or free_port()),
     }
     env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
     env.pop("DATABASE_URL", None)
+    return env
+
+
+def test_stack_up_is_idempotent_and_down_stops_it(state_dir: Path):
+    env = local_env(state_dir)
 
     first = run(["stack", "up"], env)
     second = run(["stack", "up"], env)
@@ -65,6 +72,7 @@ def test_stack_up_is_idempotent_and_down_stops_it(state_dir: Path):
     topics = run(["topics", "create"], env)
     topics_again = run(["topics", "create"], env)
     migrated = run(["db", "migrate"], env)
+    tables_migrated = asyncio.run(count_tables(state.database_url))
     down = run(["stack", "down"], env)
 
     assert first.returncode == 0, first.stderr
@@ -72,19 +80,62 @@ def test_stack_up_is_idempotent_and_down_stops_it(state_dir: Path):
     assert state is not None
     assert first.stdout == second.stdout  # the same broker (pid, port) and database, reused
     assert f"pid {state.broker_pid}" in first.stdout
-    assert topics.stdout.count("created") == len(ALL_TOPICS)
+    assert topics.stdout.count("exists") == len(ALL_TOPICS)  # `stack up` created them
     assert topics_again.stdout.count("exists") == len(ALL_TOPICS)
     assert "0001_gateway_idempotency" in migrated.stdout
     assert down.returncode == 0, down.stderr
     assert stack.state() is None
     assert not (state_dir / "postgres" / "postmaster.pid").exists()
 
-    # A new broker has an empty log: the database that described the old one is emptied too.
+    # A new broker has an empty log, but the database is never emptied by `up` (issue 13 item
+    # 4): it says so, and `--fresh` is the one way to empty it, refused while it is in use.
     again = run(["stack", "up"], env)
-    tables = asyncio.run(count_tables(stack.state().database_url))
+    state = stack.state()
+    tables = asyncio.run(count_tables(state.database_url))
+    in_use = asyncio.run(reset_while_connected(stack, state))
+    stack.reset_database(state)
+    tables_after_reset = asyncio.run(count_tables(state.database_url))
     run(["stack", "down"], env)
     assert again.returncode == 0, again.stderr
-    assert tables == 0
+    assert "the database is kept as it was, nothing dropped" in again.stdout
+    assert state.broker_lost
+    assert tables == tables_migrated > 0
+    assert in_use == (
+        "the local database has 1 other connection(s) (painpath-test-user): stop the services"
+        " using it before emptying it"
+    )
+    assert tables_after_reset == 0
+    assert not LocalStack(state_dir)._recorded().broker_lost  # the empty database is in step
+
+
+async def reset_while_connected(stack: LocalStack, state) -> str:
+    """What `reset_database` says while another client is connected (it must refuse)."""
+    connection = await asyncpg.connect(
+        state.database_url, server_settings={"application_name": "painpath-test-user"}
+    )
+    try:
+        await asyncio.to_thread(stack.reset_database, state)
+    except StackError as refused:
+        return str(refused)
+    finally:
+        await connection.close()
+    return "not refused"
+
+
+def test_a_taken_broker_port_is_one_line_naming_the_variable(state_dir: Path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = local_env(state_dir, port)
+        result = run(["stack", "up"], env)
+        run(["stack", "down"], env)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: PAINPATH_BROKER_PORT={port}: port {port} on 127.0.0.1 is taken by another"
+        " program; stop it or set PAINPATH_BROKER_PORT to a free port"
+    )
+    assert "Traceback" not in result.stderr
 
 
 @pytest.fixture
@@ -151,10 +202,13 @@ async def test_publish_lands_a_file_on_the_topic_and_explains_rejected_lines(
         remember_patient_ids(line.encode())
 
     first = run(["publish", str(file), "--gateway", url, "--api-key", API_KEY], env)
-    again = run(["publish", str(file), "--gateway", url, "--api-key", API_KEY, "--strict"], env)
+    lines[0] = lines[0].replace('"score": 0', '"score": 1')  # the same (source, id), other content
+    changed = tmp_path / "changed.jsonl"
+    changed.write_text("\n".join(lines) + "\n")
+    again = run(["publish", str(changed), "--gateway", url, "--api-key", API_KEY, "--strict"], env)
 
     assert first.returncode == 0, first.stderr
-    assert "accepted 1197  duplicate 0  rejected 3" in first.stdout
+    assert "accepted 1197  duplicate 0  conflict 0  rejected 3" in first.stdout
     assert (
         "line 11: rejected: data.score: nrs score must be a whole number from 0 to 10"
         in first.stdout
@@ -162,7 +216,8 @@ async def test_publish_lands_a_file_on_the_topic_and_explains_rejected_lines(
     assert "line 21: not valid JSON" in first.stdout
     assert "line 31: rejected: time: must be an RFC 3339 timestamp with an offset" in first.stdout
     assert again.returncode == 1  # --strict: some lines were rejected
-    assert "accepted 0  duplicate 1197  rejected 3" in again.stdout
+    assert "accepted 0  duplicate 1196  conflict 1  rejected 3" in again.stdout
+    assert "line 1: conflict: id:" in again.stdout
     records = await read_topic(settings, EVENTS, expected=1197, timeout=20)
     assert len(records) == 1197
     assert len({json.loads(r.value)["id"] for r in records}) == 1197
@@ -177,3 +232,18 @@ def test_publish_with_a_wrong_key_says_so(gateway_process, tmp_path):
 
     assert result.returncode == 2
     assert "refused the API key (401)" in result.stderr
+
+
+def test_stack_down_is_refused_while_a_run_uses_the_stack(state_dir: Path):
+    env = local_env(state_dir)
+    assert run(["stack", "up"], env).returncode == 0
+    stack = LocalStack(state_dir)
+    stack.update(run_pid=os.getpid())  # a live "run"
+    refused = run(["stack", "down"], env)
+    stack.update(run_pid=0)
+    down = run(["stack", "down"], env)
+
+    assert refused.returncode == 2
+    assert f"a painpath run (pid {os.getpid()}) uses the local stack" in refused.stderr
+    assert down.returncode == 0, down.stderr
+    assert stack.state() is None

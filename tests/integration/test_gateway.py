@@ -165,7 +165,7 @@ async def test_a_single_invalid_event_is_answered_422_naming_the_field(gateway):
 
     assert response.status_code == 422
     assert response.json()["results"][0]["errors"] == [
-        {"field": "data.instrument", "reason": "Input should be 'nrs', 'vas' or 'peg'"}
+        {"field": "data.instrument", "reason": "must be 'nrs', 'vas' or 'peg'"}
     ]
 
 

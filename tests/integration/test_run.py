@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -43,26 +44,32 @@ def run_env(state_dir: Path) -> dict[str, str]:
     return env
 
 
+def start_run(env: dict[str, str], args: list[str], timeout: float):
+    """`painpath run ARGS`, read until it says it is running; the process and the lines read."""
+    run = subprocess.Popen(
+        [sys.executable, "-m", "painpath", "run", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines = []
+    deadline = time.monotonic() + timeout
+    for line in run.stdout:
+        lines.append(line)
+        if "running: Ctrl-C stops every service" in line:
+            break
+        assert time.monotonic() < deadline, "".join(lines[-20:])
+    return run, lines
+
+
 def test_run_replays_a_feed_prints_the_summary_and_stops_everything_on_ctrl_c():
     with tempfile.TemporaryDirectory(prefix="painpath-test-run-") as folder:
         state_dir = Path(folder)
         env = run_env(state_dir)
         classifier_port = int(env["CLASSIFIER_PORT"])
         assert free_port() != classifier_port + 1  # the second worker's port is free enough
-        run = subprocess.Popen(
-            [sys.executable, "-m", "painpath", "run", "--patients", "30", "--seed", "4"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        lines = []
-        deadline = time.monotonic() + 240
-        for line in run.stdout:
-            lines.append(line)
-            if "running: Ctrl-C stops every service" in line:
-                break
-            assert time.monotonic() < deadline, "".join(lines[-20:])
+        run, lines = start_run(env, ["--patients", "30", "--seed", "4"], timeout=240)
         broker_pid = LocalStack(state_dir).state().broker_pid
 
         run.send_signal(signal.SIGINT)
@@ -86,3 +93,56 @@ def test_run_replays_a_feed_prints_the_summary_and_stops_everything_on_ctrl_c():
         int(env[name]) for name in ("GATEWAY_PORT", "COORDINATOR_PORT", "PAINPATH_BROKER_PORT")
     ]
     assert [port for port in service_ports if _answers("127.0.0.1", port)] == []
+
+
+def hold_port(port: int) -> socket.socket | None:
+    """Listen on `port` if it is free (if not, another program holds it: taken either way)."""
+    sock = socket.socket()
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError:
+        sock.close()
+        return None
+    sock.listen()
+    return sock
+
+
+def test_taken_default_ports_are_replaced_and_said_and_set_tokens_are_named():
+    """Issue 13 item 10: the broker's and the coordinator's default ports taken; the run takes
+    free ones, says so in one line each, and records them where `painpath publish` looks."""
+    held = [hold_port(19092), hold_port(8090)]
+    try:
+        with tempfile.TemporaryDirectory(prefix="painpath-test-run-ports-") as folder:
+            state_dir = Path(folder)
+            env = run_env(state_dir)
+            for name in ("PAINPATH_BROKER_PORT", "COORDINATOR_PORT"):
+                env.pop(name)
+            env["COORDINATOR_TOKENS"] = (
+                '[{"name": "dr-test", "token": "a-test-token-0001", "role": "admin"}]'
+            )
+            run, lines = start_run(env, ["--patients", "0", "--classifiers", "1"], timeout=120)
+            state = LocalStack(state_dir).state()
+            run.send_signal(signal.SIGINT)
+            output = "".join(lines) + run.stdout.read()
+            status = run.wait(timeout=60)
+    finally:
+        for sock in held:
+            if sock is not None:
+                sock.close()
+
+    assert status == 0, output[-3000:]
+    broker_port = int(state.bootstrap_servers.rsplit(":", 1)[1])
+    coordinator_url = state.services["coordinator"]["url"]
+    assert broker_port != 19092 and not coordinator_url.endswith(":8090")
+    assert (
+        f"broker: port 19092 (PAINPATH_BROKER_PORT) is taken: using {broker_port} instead" in output
+    )
+    coordinator_port = coordinator_url.rsplit(":", 1)[1]
+    assert (
+        f"coordinator: port 8090 (COORDINATOR_PORT) is taken: using {coordinator_port} instead"
+        in output
+    )
+    assert "(token: one of COORDINATOR_TOKENS: dr-test (admin))" in output
+    assert "painpath stack key --admin" not in output
+    assert "a-test-token-0001" not in output
+    assert "Traceback" not in output

@@ -299,7 +299,7 @@ def test_an_unknown_enum_value_is_rejected_naming_the_known_ones(
     ids=["instrument", "dose_unit", "reason", "test"],
 )
 def test_enum_values_are_case_sensitive(event_type: str, field: str, value: str) -> None:
-    assert_rejected(valid_event(event_type, **{field: value}), f"data.{field}", "input should be")
+    assert_rejected(valid_event(event_type, **{field: value}), f"data.{field}", "must be")
 
 
 # --- rejected: scores -----------------------------------------------------------------------
@@ -317,8 +317,8 @@ def test_enum_values_are_case_sensitive(event_type: str, field: str, value: str)
         pytest.param("vas", -0.5, "from 0 to 100", id="vas-minus-0.5"),
         pytest.param("peg", 10.1, "from 0 to 10", id="peg-10.1"),
         pytest.param("peg", -0.1, "from 0 to 10", id="peg-minus-0.1"),
-        pytest.param("nrs", "5", "valid number", id="score-as-string"),
-        pytest.param("nrs", True, "valid number", id="score-as-boolean"),
+        pytest.param("nrs", "5", "must be a JSON number", id="score-as-string"),
+        pytest.param("nrs", True, "must be a JSON number", id="score-as-boolean"),
         pytest.param("nrs", None, "required", id="score-null"),
         pytest.param("nrs", MISSING, "required", id="no-score"),
     ],
@@ -346,8 +346,8 @@ def test_an_unknown_instrument_is_the_only_fault_reported_for_a_score() -> None:
     [
         pytest.param(0, "greater than 0", id="zero"),
         pytest.param(-300, "greater than 0", id="negative"),
-        pytest.param("900", "valid number", id="string"),
-        pytest.param(True, "valid number", id="boolean"),
+        pytest.param("900", "must be a JSON number", id="string"),
+        pytest.param(True, "must be a JSON number", id="boolean"),
         pytest.param(MISSING, "required", id="missing"),
     ],
 )
@@ -612,3 +612,18 @@ def test_a_violation_never_repeats_the_offending_value(raw: Any) -> None:
 
     assert SECRET not in str(caught.value)
     assert SECRET not in repr(caught.value.violations)
+
+
+def test_pydantic_wording_reads_like_the_contracts_own() -> None:
+    """A type error says "must be ...", as every other reason does, never pydantic's "Input
+    should be ..."."""
+    for event in (
+        valid_event(SCORE, score="5"),
+        valid_event(SCORE, instrument="likert"),
+        valid_event(SCORE, patient_id=5),
+    ):
+        for _, reason in violations(event):
+            assert reason.startswith("must "), reason
+    assert violations(valid_event(SCORE, score="5")) == [
+        ("data.score", "must be a JSON number, not a string or a boolean")
+    ]

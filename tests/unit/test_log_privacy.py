@@ -84,12 +84,40 @@ def test_safe_exception_messages_are_kept(captured):
     assert "broker 127.0.0.1:9092 did not answer" in captured.getvalue()
 
 
-def test_standard_library_records_keep_only_their_template(captured):
-    logging.getLogger("some.library").warning("could not deliver record for %s", PATIENT)
+def test_standard_library_records_keep_their_numbers_and_redact_other_arguments(captured):
+    logging.getLogger("some.library").warning("could not deliver record %d for %s", 7, PATIENT)
 
     [line] = lines(captured)
-    assert line["event"] == "could not deliver record for %s"
+    assert line["event"] == "could not deliver record 7 for [redacted]"
     assert PATIENT not in captured.getvalue()
+
+
+def test_trusted_library_records_are_formatted_with_their_arguments(captured):
+    """No unfilled placeholder ("Uvicorn running on %s://%s:%d") reaches a log line."""
+    logging.getLogger("uvicorn.error").info("Uvicorn running on %s://%s:%d", "http", "127.0.0.1", 8)
+    logging.getLogger("aiokafka.consumer").warning("lost %(tp)s", {"tp": "pain.events.v1-3"})
+    logging.getLogger("aiokafka").error("failed: %s", ValueError(PATIENT))
+
+    assert [line["event"] for line in lines(captured)] == [
+        "Uvicorn running on http://127.0.0.1:8",
+        "lost pain.events.v1-3",
+        "failed: ValueError",
+    ]
+    assert PATIENT not in captured.getvalue()
+
+
+def test_named_arguments_of_other_libraries_keep_only_their_numbers(captured):
+    logging.getLogger("some.library").warning("%(n)d for %(who)s", {"n": 2, "who": PATIENT})
+
+    [line] = lines(captured)
+    assert line["event"] == "2 for [redacted]"
+
+
+def test_httpx_request_lines_stay_off_the_console(captured):
+    """httpx's INFO line is the URL requested, which can hold a patient id."""
+    logging.getLogger("httpx").info("HTTP Request: %s %s", "GET", f"http://x/v1/patients/{PATIENT}")
+
+    assert lines(captured) == []
 
 
 def test_the_filter_leaves_operational_fields_alone():

@@ -93,3 +93,13 @@ def test_current_pain_without_any_score_is_unknown():
     determination = determine(history)
     assert determination.current_pain is None
     assert "pain.current_unknown" in [reason.code for reason in determination.reasons]
+
+
+def test_one_pain_day_reads_singular():
+    history = History()
+    history.condition(day(0), AS_OF_DATE - timedelta(days=1))
+    determination = determine(history)
+    texts = " ".join(reason.text for reason in determination.reasons)
+    assert determination.pain_days == 1
+    assert "pain for 1 day since" in texts
+    assert "1 days" not in texts
