@@ -208,6 +208,12 @@ def run(
     hold_classifiers = state is not None and _say_what_is_kept(stack, endpoints.database_url, feed)
     published = threading.Event()  # the feed is on the broker (or will not be)
     ports = _choose_ports(settings, classifiers)
+    if endpoints.local:
+        # The local broker makes a joining member wait about half its session timeout: 3 s
+        # (heartbeats every second; the workers hold their loop at most a fraction of a second,
+        # `painpath_classifier_loop_stall_max_seconds`) makes a restarted worker ready in about
+        # 3 s instead of 12. Apache Kafka refuses less than 6 s; the default stays 10 s.
+        os.environ.setdefault("CLASSIFIER_SESSION_TIMEOUT_SECONDS", "3")
     gateway = f"http://{settings.gateway_host}:{ports['gateway']}"
     coordinator = f"http://{settings.coordinator_host}:{ports['coordinator']}"
     services = [
