@@ -69,8 +69,11 @@ def test_run_replays_a_feed_prints_the_summary_and_stops_everything_on_ctrl_c():
         env = run_env(state_dir)
         classifier_port = int(env["CLASSIFIER_PORT"])
         assert free_port() != classifier_port + 1  # the second worker's port is free enough
+        del env["CLASSIFIER_SESSION_TIMEOUT_SECONDS"]  # the local stack's own choice
         run, lines = start_run(env, ["--patients", "30", "--seed", "4"], timeout=240)
-        broker_pid = LocalStack(state_dir).state().broker_pid
+        state = LocalStack(state_dir).state()
+        broker_pid = state.broker_pid
+        worker = Path(f"/proc/{state.services['classifier-1']['pid']}/environ").read_bytes()
 
         run.send_signal(signal.SIGINT)
         rest = run.stdout.read()
@@ -78,6 +81,7 @@ def test_run_replays_a_feed_prints_the_summary_and_stops_everything_on_ctrl_c():
         output = "".join(lines) + rest
 
     assert status == 0, output[-3000:]
+    assert b"CLASSIFIER_SESSION_TIMEOUT_SECONDS=3\x00" in worker  # a 3 s join on the local broker
     for expected in (
         "publishing",
         "patients by status",
