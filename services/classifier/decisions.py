@@ -1,5 +1,5 @@
-"""The decision scheduler's parts: who waits for a decision, when a pass is due, what it costs,
-and what a patient set aside (quarantined) leaves in the dead-letter topic.
+"""The decision scheduler's parts: who waits for a decision, when a pass is due, what it costs
+(a patient whose decision raises is set aside: `dead_letters` says what it leaves behind).
 
 A patient touched by a batch is marked dirty; dirty patients are decided (`rules.evaluate`) at
 once when the worker has caught up (lag under `CAUGHT_UP_RECORDS`), or, during a backfill, once
@@ -11,7 +11,6 @@ hundred events in a backfill is decided a few times, not a hundred.
 from __future__ import annotations
 
 import gc
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,16 +20,12 @@ from services.classifier.history import PatientHistory
 from services.classifier.metrics import Metrics
 from services.classifier.partition import PartitionState
 from services.classifier.policy import Policy
-from services.classifier.records import DecisionFailure
 from services.classifier.rules import evaluate
 from shared.loop_stall import TimeSlice
 
 FREEZE_EVERY = 200  # patients decided between two freezes of what the pass allocated
 CAUGHT_UP_RECORDS = 1_000  # below this lag a worker decides at once: latency over batching
 DECISION_SHARE = 4  # during a backfill, wait 4x a pass's expected duration: a fifth deciding
-QUARANTINE = "quarantine"  # the dead-letter kind of a patient set aside
-QUARANTINE_FIELD = "(patient)"
-DEAD_LETTER_BYTES = 512 * 1024  # a quarantine document stays well under the message limit
 
 
 @dataclass
@@ -76,50 +71,6 @@ def decision_due(waited: float, delay: float, expected_pass_seconds: float) -> b
     DECISION_SHARE times what their pass will take, so deciding takes at most a fifth of the
     time and the rest goes to reading the backlog."""
     return waited >= max(delay, DECISION_SHARE * expected_pass_seconds)
-
-
-def quarantine_reason(failure: DecisionFailure) -> str:
-    return (
-        f"{QUARANTINE_FIELD}: deciding raised {failure.error} in {failure.raised_in};"
-        " set aside until a new event or a new policy"
-    )
-
-
-def quarantine_documents(
-    keys: list[str],
-    failure: DecisionFailure,
-    policy: str,
-    as_of: datetime,
-    limit: int = DEAD_LETTER_BYTES,
-) -> list[bytes]:
-    """The dead letter of a patient set aside: a JSON document naming the (source, id) of the
-    events being decided (`keys`, the history's keys), in several parts (`part` of `parts`)
-    when they do not fit in about `limit` bytes, so the broker never refuses one."""
-    parts: list[list[dict[str, str]]] = [[]]
-    size = 0
-    for key in keys:
-        # A history's key is f"{source}\x1f{id}"; a URI reference has no control character.
-        source, _, event_id = key.partition("\x1f")
-        ref = {"source": source, "id": event_id}
-        length = len(json.dumps(ref)) + 2  # its bytes in the document (ASCII, escaped)
-        if parts[-1] and size + length > limit:
-            parts.append([])
-            size = 0
-        parts[-1].append(ref)
-        size += length
-    head = {
-        "kind": QUARANTINE,
-        "error": failure.error,
-        "raised_in": failure.raised_in,
-        "policy": policy,
-        "as_of": as_of.isoformat(),
-        "event_count": len(keys),
-        "parts": len(parts),
-    }
-    return [
-        json.dumps(head | {"part": number, "events": events}).encode()
-        for number, events in enumerate(parts, start=1)
-    ]
 
 
 SetAside = Callable[[bytes, int, PartitionState, PatientHistory, Exception, datetime], None]

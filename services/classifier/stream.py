@@ -7,9 +7,8 @@ README ("The streaming classifier"). This module wires the parts, each a module 
 - **Consuming** (here): records are fetched in batches (up to `CLASSIFIER_MAX_BATCH`), each read
   (`shared.contract.records.read_record`: the contract, the key, the partition) and admitted
   to its patient's history (`history.admit`: a duplicate changes nothing, a conflicting one is
-  refused). Refused records go to `pain.events.dlq.v1` with their original key, value and
-  headers plus headers naming the reason and where they came from (`shared.dead_letter.build`:
-  a record too large to carry whole is cut short, with its size and sha256).
+  refused). Refused records go to `pain.events.dlq.v1` (`dead_letters`: the original, as
+  much as fits, and headers naming the reason and where it came from).
 - **Deciding** (`decisions`): a patient touched by a batch is dirty; dirty patients are decided
   at once when the worker has caught up, in spaced passes during a backfill. A determination is
   published, keyed by patient, on the partition of its input, only when its id differs from the
@@ -43,18 +42,15 @@ from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
+from services.classifier import dead_letters
 from services.classifier.checkpoint import changes, checkpoint_due, write_checkpoint
 from services.classifier.decisions import (
     CAUGHT_UP_RECORDS,
-    QUARANTINE,
-    QUARANTINE_FIELD,
     Decided,
     Dirty,
     PassCost,
     decide,
     decision_due,
-    quarantine_documents,
-    quarantine_reason,
 )
 from services.classifier.delivery import Delivery, offset_of
 from services.classifier.history import CONFLICT_REASON, Admission, PatientHistory
@@ -63,7 +59,7 @@ from services.classifier.partition import ParsedCache, PartitionState
 from services.classifier.policy import Policy
 from services.classifier.records import DecisionFailure
 from services.classifier.restore import assign
-from shared import dead_letter, tracing
+from shared import tracing
 from shared.contract.records import Rejection, read_record
 from shared.kafka import client_options
 from shared.logging import get_logger
@@ -333,16 +329,7 @@ class Classifier:
         )
 
     def _dead_letter(self, record, rejection: Rejection) -> None:
-        reason = [
-            (dead_letter.REASON, rejection.reason.encode()),
-            (dead_letter.FIELD, rejection.field.encode()),
-            (dead_letter.KIND, rejection.kind.encode()),
-            (dead_letter.ORIGINAL_TOPIC, record.topic.encode()),
-            (dead_letter.ORIGINAL_PARTITION, str(record.partition).encode()),
-            (dead_letter.ORIGINAL_OFFSET, str(record.offset).encode()),
-            (dead_letter.FAILED_AT, datetime.now(UTC).isoformat().encode()),
-        ]
-        letter = dead_letter.build(record.key, record.value, record.headers, reason)
+        letter = dead_letters.refused_record(record, rejection)
         self._send(self.dlq_topic, letter.value, key=letter.key, headers=letter.headers)
         self.metrics.events.labels("dead_letter").inc()
         self.metrics.dead_letters.labels(rejection.kind).inc()
@@ -441,23 +428,18 @@ class Classifier:
         state.changed.add(key)  # set aside: a restore decides it again
         self.metrics.quarantined.labels(failure.error).inc()
         self.metrics.in_quarantine.set(self.quarantined_count())
-        headers = [
-            (dead_letter.REASON, quarantine_reason(failure).encode()),
-            (dead_letter.FIELD, QUARANTINE_FIELD.encode()),
-            (dead_letter.KIND, QUARANTINE.encode()),
-            (dead_letter.ORIGINAL_TOPIC, self.events_topic.encode()),
-            (dead_letter.ORIGINAL_PARTITION, str(partition).encode()),
-            *(
-                [(dead_letter.ORIGINAL_OFFSET, str(state.next_offset).encode())]
-                if state.next_offset is not None
-                else []
-            ),
-            (dead_letter.FAILED_AT, datetime.now(UTC).isoformat().encode()),
-        ]
-        documents = quarantine_documents(list(history.raw), failure, self.policy.id, as_of)
+        headers, documents = dead_letters.set_aside(
+            list(history.raw),
+            failure,
+            self.policy.id,
+            as_of,
+            topic=self.events_topic,
+            partition=partition,
+            offset=state.next_offset,
+        )
         for document in documents:
             self._send(self.dlq_topic, document, key=key, headers=headers)
-        self.metrics.dead_letters.labels(QUARANTINE).inc(len(documents))
+        self.metrics.dead_letters.labels(dead_letters.QUARANTINE).inc(len(documents))
         log.error(
             "patient_quarantined",
             error=failure.error,

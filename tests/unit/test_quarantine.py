@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 
 import services.classifier.decisions as decisions
 import services.classifier.stream as stream
-from services.classifier.decisions import DEAD_LETTER_BYTES, quarantine_documents
+from services.classifier.dead_letters import DEAD_LETTER_BYTES, quarantine_documents
 from services.classifier.history import PatientHistory
 from services.classifier.policy import load_policy
 from services.classifier.records import DecisionFailure
