@@ -148,6 +148,9 @@ def run(
     endpoints = resolve_endpoints(settings)
     asyncio.run(create_topics(settings, endpoints.bootstrap_servers))
     asyncio.run(migrate(endpoints.database_url))
+    from painpath.replay import replay_after_broker_loss
+
+    replay_after_broker_loss(settings, endpoints, typer.echo)
     gateway = f"http://{settings.gateway_host}:{settings.gateway_port}"
     coordinator = f"http://{settings.coordinator_host}:{settings.coordinator_port}"
     services = [
@@ -228,6 +231,44 @@ def _replay(settings, endpoints, gateway: str, coordinator: str, patients: int, 
             " (from the gateway's acceptance to the task, during the replay's burst)"
         )
     console.print(f"dashboard: {coordinator}/dashboard  (token: painpath stack key --admin)")
+
+
+@app.command()
+def replay(
+    since: datetime = typer.Option(
+        ..., "--since", help="Replay the events accepted at or after this instant (RFC 3339)"
+    ),
+    reason: str = typer.Option(
+        "operator replay", help="Why (kept in the audit record of the replay)"
+    ),
+    operator: str = typer.Option(None, help="Who runs it (default: the OS user)"),
+) -> None:
+    """Publish again, in acceptance order, every event the gateway accepted since --since.
+
+    After a Kafka disaster (the events topic lost or re-created, the local broker restarted):
+    the gateway keeps each accepted record as published for GATEWAY_IDEMPOTENCY_RETENTION_DAYS.
+    Idempotent: consumers drop an event they already have (same source, id and content).
+    """
+    from painpath.replay import replay_with_progress
+    from shared.db import migrate
+
+    if since.tzinfo is None:
+        raise typer.BadParameter(
+            "needs an offset, e.g. 2026-06-30T00:00:00Z", param_hint="'--since'"
+        )
+    settings = _settings()
+    endpoints = resolve_endpoints(settings)
+    asyncio.run(migrate(endpoints.database_url))
+    result = asyncio.run(replay_with_progress(settings, endpoints, since, reason, operator))
+    typer.echo(
+        f"replayed {result.published} events in {result.seconds:.1f} s (audit: replay"
+        f" {result.replay_id})"
+    )
+    if result.not_kept:
+        typer.echo(
+            f"{result.not_kept} events accepted since then were claimed before the gateway kept"
+            " records: they cannot be replayed"
+        )
 
 
 @app.command()
