@@ -21,10 +21,12 @@ stack_app = typer.Typer(no_args_is_help=True, help="The local broker and Postgre
 topics_app = typer.Typer(no_args_is_help=True, help="Kafka topics of the catalog.")
 db_app = typer.Typer(no_args_is_help=True, help="The PostgreSQL schema.")
 contract_app = typer.Typer(no_args_is_help=True, help="The event contract's documents.")
+group_app = typer.Typer(no_args_is_help=True, help="The classifier's consumer group.")
 app.add_typer(stack_app, name="stack")
 app.add_typer(topics_app, name="topics")
 app.add_typer(db_app, name="db")
 app.add_typer(contract_app, name="contract")
+app.add_typer(group_app, name="group")
 
 
 def _settings() -> Settings:
@@ -88,6 +90,26 @@ def db_migrate() -> None:
         f"applied {len(applied)} migration(s)"
         + "".join(f"\n  {m.version:04d}_{m.name}" for m in applied)
     )
+
+
+@group_app.command("status")
+def group_status(
+    as_json: bool = typer.Option(False, "--json", help="The whole status as JSON"),
+    wait: float = typer.Option(
+        0, help="Seconds to wait for the group to be ready (0: one observation)", min=0
+    ),
+) -> None:
+    """Is the classifier group ready as a whole: members, unowned and stalled partitions, lag.
+
+    Exit status 0 when ready, 1 when not (so scripts can wait on it).
+    """
+    from painpath.group import wait_group_ready
+
+    settings = _settings()
+    endpoints = resolve_endpoints(settings)
+    status = asyncio.run(wait_group_ready(settings, endpoints.bootstrap_servers, wait))
+    typer.echo(json.dumps(status.as_dict(), indent=2) if as_json else status.describe())
+    raise typer.Exit(0 if status.ready else 1)
 
 
 @app.command()
@@ -170,6 +192,9 @@ def run(
     typer.echo(f"coordinator  {coordinator}  (token: painpath stack key --admin)")
 
     def replay() -> None:
+        from painpath.group import report_group_ready
+
+        report_group_ready(settings, endpoints.bootstrap_servers, typer.echo)
         if patients:
             _replay(settings, endpoints, gateway, coordinator, patients, seed)
 
