@@ -198,3 +198,19 @@ async def test_the_retention_sweep_forgets_kept_records_with_their_claims(
     await pool.close()
 
     assert deleted == 1 and kept == 1
+
+
+async def test_the_retention_sweep_deletes_in_batches_until_nothing_is_left_to_forget(
+    gateway, endpoints
+):
+    await post(gateway, [score(f"evt-batch-{i}") for i in range(7)])
+    pool = await asyncpg.create_pool(endpoints.database_url)
+    await pool.execute(
+        "UPDATE gateway_accepted_events SET accepted_at = now() - interval '40 days'"
+        " WHERE event_id <> 'evt-batch-6'"
+    )
+    deleted = await sweep_retention(pool, days=30, batch=2)
+    left = await pool.fetchval("SELECT count(*) FROM gateway_accepted_events")
+    await pool.close()
+
+    assert deleted == 6 and left == 1
