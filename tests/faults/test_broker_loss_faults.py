@@ -18,10 +18,8 @@ import asyncio
 import json
 import os
 import signal
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -37,7 +35,6 @@ from services.classifier.policy import load_policy
 from services.coordinator.care_plan import plan_for
 from services.coordinator.templates import load_templates
 from shared.kafka import create_topics
-from shared.settings import Settings
 from shared.stack import Endpoints, LocalStack, _answers
 from shared.topics import DETERMINATIONS, EVENTS
 from tests.conftest import SENT_PATIENT_IDS, read_topic, remember_patient_ids
@@ -49,6 +46,7 @@ from tests.faults.helpers import (
     service_env,
     wait_for,
 )
+from tests.faults.test_coordinator_faults import own_stack  # noqa: F401 (a fixture)
 from tests.integration.test_classifier_stream import AS_OF, feed_lines
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -56,25 +54,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.faults]
 GATEWAY_KEY = "fault-broker-loss-key"
 PATIENTS, SEED = 120, 53
 BATCH = 100
-
-
-@pytest.fixture
-def own_stack() -> Iterator[tuple[LocalStack, Settings]]:
-    """A broker and a PostgreSQL of this test's own: the session's broker must not die."""
-    with tempfile.TemporaryDirectory(prefix="painpath-fault-broker-") as folder:
-        local = LocalStack(Path(folder), broker_port=None)
-        state = local.up()
-        settings = Settings(
-            kafka_bootstrap_servers=state.bootstrap_servers,
-            database_url=state.database_url,
-            kafka_topic_prefix="fault.",
-            log_pseudonym_key=PSEUDONYM_KEY,
-            _env_file=None,
-        )
-        try:
-            yield local, settings
-        finally:
-            local.down()
 
 
 def kill_broker(local: LocalStack) -> None:
@@ -212,7 +191,8 @@ async def coordinator_view(database_url: str) -> dict:
 
 
 async def test_broker_killed_mid_stream_then_replayed_loses_and_doubles_nothing(
-    own_stack, tmp_path
+    own_stack,  # noqa: F811 (the fixture: a broker and a PostgreSQL of the test's own)
+    tmp_path,
 ):
     local, settings = own_stack
     database_url = settings.database_url.get_secret_value()
