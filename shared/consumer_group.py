@@ -197,7 +197,7 @@ class GroupWatch:
         )
         self._options = client_options(settings, bootstrap_servers)
         self._clock = clock
-        self._tracker = Tracker()
+        self.tracker = Tracker()
         self._admin: AIOKafkaAdminClient | None = None
         self._consumer: AIOKafkaConsumer | None = None
 
@@ -252,7 +252,7 @@ class GroupWatch:
     async def status(self) -> GroupStatus:
         observation = await self.observe()
         return judge(
-            self.group, self.topic, observation, self._tracker, self._clock(), self.stall_seconds
+            self.group, self.topic, observation, self.tracker, self._clock(), self.stall_seconds
         )
 
 

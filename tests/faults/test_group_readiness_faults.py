@@ -19,7 +19,7 @@ from datetime import datetime
 import httpx
 import pytest
 
-from shared.consumer_group import GroupWatch
+from shared.consumer_group import GroupWatch, Tracker, judge
 from shared.topics import EVENTS
 from tests.faults.conftest import report_figures
 from tests.faults.helpers import (
@@ -73,8 +73,10 @@ async def test_group_readiness_says_not_ready_until_every_orphaned_partition_has
     feeding = asyncio.create_task(
         produce_paced(settings.kafka_bootstrap_servers, topic, records, per_second=350)
     )
-    samples: list[tuple[float, bool, int, int, int | None]] = []  # t, ready, unowned, stalled, code
+    # t, ready, unowned, stalled, the survivor's /readyz code, ready under the default threshold
+    samples: list[tuple[float, bool, int, int, int | None, bool]] = []
     sampling = True
+    default_stall = settings.classifier_group_stall_seconds
 
     async def sample() -> None:
         async with (
@@ -83,14 +85,25 @@ async def test_group_readiness_says_not_ready_until_every_orphaned_partition_has
             ) as watch,
             httpx.AsyncClient(timeout=2) as client,
         ):
+            default = Tracker()  # the same observations judged with the default threshold
             while sampling:
-                status = await watch.status()
+                observation = await watch.observe()
+                now = time.monotonic()
+                status = judge(watch.group, EVENTS, observation, watch.tracker, now, STALL_SECONDS)
+                by_default = judge(watch.group, EVENTS, observation, default, now, default_stall)
                 try:
                     code = (await client.get(f"http://127.0.0.1:{survivor}/readyz")).status_code
                 except httpx.TransportError:
                     code = None
                 samples.append(
-                    (time.monotonic(), status.ready, len(status.unowned), len(status.stalled), code)
+                    (
+                        now,
+                        status.ready,
+                        len(status.unowned),
+                        len(status.stalled),
+                        code,
+                        by_default.ready,
+                    )
                 )
                 await asyncio.sleep(SAMPLE_SECONDS)
 
@@ -145,6 +158,8 @@ async def test_group_readiness_says_not_ready_until_every_orphaned_partition_has
     ready_while_orphaned = [
         s for s in after if s[1] and first_down <= s[0] < killed + (owned_again or 0)
     ]
+    default_down = next((s[0] for s in after if not s[5]), None)
+    default_up = next((s[0] for s in after if default_down and s[0] > default_down and s[5]), None)
     report_figures(
         "orphaned_partitions_readiness",
         events=len(records),
@@ -156,6 +171,13 @@ async def test_group_readiness_says_not_ready_until_every_orphaned_partition_has
         survivor_readyz_200_while_group_not_ready_s=seconds(survivor_ready_while_group_not),
         group_ready_while_partitions_orphaned_s=seconds(ready_while_orphaned),
         group_not_ready_samples_before_kill=sum(1 for s in before if not s[1]),
+        default_stall_threshold_s=default_stall,
+        default_threshold_not_ready_after_kill_s=(
+            None if default_down is None else round(default_down - killed, 2)
+        ),
+        default_threshold_ready_again_after_kill_s=(
+            None if default_up is None else round(default_up - killed, 2)
+        ),
         sample_interval_s=round((samples[-1][0] - samples[0][0]) / (len(samples) - 1), 2),
         max_unowned_partitions=max(s[2] for s in after),
         max_stalled_partitions=max(s[3] for s in after),
