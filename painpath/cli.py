@@ -101,13 +101,20 @@ def group_status(
 ) -> None:
     """Is the classifier group ready as a whole: members, unowned and stalled partitions, lag.
 
-    Exit status 0 when ready, 1 when not (so scripts can wait on it).
+    Exit status 0 when ready, 1 when not (so scripts can wait on it), 2 when the broker does not
+    answer.
     """
+    from aiokafka.errors import KafkaError
+
     from painpath.group import wait_group_ready
 
     settings = _settings()
     endpoints = resolve_endpoints(settings)
-    status = asyncio.run(wait_group_ready(settings, endpoints.bootstrap_servers, wait))
+    try:
+        status = asyncio.run(wait_group_ready(settings, endpoints.bootstrap_servers, wait))
+    except KafkaError as error:
+        typer.echo(f"error: the broker did not answer ({type(error).__name__})", err=True)
+        raise typer.Exit(2) from None
     typer.echo(json.dumps(status.as_dict(), indent=2) if as_json else status.describe())
     raise typer.Exit(0 if status.ready else 1)
 

@@ -7,6 +7,8 @@ import asyncio
 import time
 from collections.abc import Callable
 
+from aiokafka.errors import KafkaError
+
 from shared.consumer_group import GroupStatus, GroupWatch
 from shared.settings import Settings
 
@@ -16,13 +18,22 @@ INTERVAL = 0.5
 async def wait_group_ready(
     settings: Settings, bootstrap_servers: str, timeout: float, interval: float = INTERVAL
 ) -> GroupStatus:
-    """The group's status once ready, or the last one seen after `timeout` (0: one look)."""
+    """The group's status once ready, or the last one seen after `timeout` (0: one look).
+
+    A broker that does not answer is asked again until `timeout`; after it, its error is raised.
+    """
     deadline = time.monotonic() + timeout
-    async with GroupWatch(settings, bootstrap_servers) as watch:
-        while True:
-            status = await watch.status()
-            if status.ready or time.monotonic() >= deadline:
-                return status
+    while True:
+        try:
+            async with GroupWatch(settings, bootstrap_servers) as watch:
+                while True:
+                    status = await watch.status()
+                    if status.ready or time.monotonic() >= deadline:
+                        return status
+                    await asyncio.sleep(interval)
+        except KafkaError:
+            if time.monotonic() >= deadline:
+                raise
             await asyncio.sleep(interval)
 
 
