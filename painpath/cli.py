@@ -22,10 +22,12 @@ stack_app = typer.Typer(no_args_is_help=True, help="The local broker and Postgre
 topics_app = typer.Typer(no_args_is_help=True, help="Kafka topics of the catalog.")
 db_app = typer.Typer(no_args_is_help=True, help="The PostgreSQL schema.")
 contract_app = typer.Typer(no_args_is_help=True, help="The event contract's documents.")
+group_app = typer.Typer(no_args_is_help=True, help="The classifier's consumer group.")
 app.add_typer(stack_app, name="stack")
 app.add_typer(topics_app, name="topics")
 app.add_typer(db_app, name="db")
 app.add_typer(contract_app, name="contract")
+app.add_typer(group_app, name="group")
 
 
 def _settings() -> Settings:
@@ -126,6 +128,33 @@ def db_migrate() -> None:
     )
 
 
+@group_app.command("status")
+def group_status(
+    as_json: bool = typer.Option(False, "--json", help="The whole status as JSON"),
+    wait: float = typer.Option(
+        0, help="Seconds to wait for the group to be ready (0: one observation)", min=0
+    ),
+) -> None:
+    """Is the classifier group ready as a whole: members, unowned and stalled partitions, lag.
+
+    Exit status 0 when ready, 1 when not (so scripts can wait on it), 2 when the broker does not
+    answer.
+    """
+    from aiokafka.errors import KafkaError
+
+    from painpath.group import wait_group_ready
+
+    settings = _settings()
+    endpoints = resolve_endpoints(settings)
+    try:
+        status = asyncio.run(wait_group_ready(settings, endpoints.bootstrap_servers, wait))
+    except KafkaError as error:
+        typer.echo(f"error: the broker did not answer ({type(error).__name__})", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(status.as_dict(), indent=2) if as_json else status.describe())
+    raise typer.Exit(0 if status.ready else 1)
+
+
 @app.command()
 def gateway(
     host: str = typer.Option(None, help="Default: GATEWAY_HOST"),
@@ -203,9 +232,15 @@ def run(
         typer.echo("--fresh: emptied the local database")
     asyncio.run(create_topics(settings, endpoints.bootstrap_servers))
     asyncio.run(migrate(endpoints.database_url))
+    from painpath.replay import replay_after_broker_loss
+
+    # Start-up after a broker loss: every event the gateway kept is published again before any
+    # service starts (`painpath.replay`); then what is kept is said (`painpath.restart`).
+    replayed = replay_after_broker_loss(settings, endpoints, typer.echo)
     feed = _feed_file(settings, patients, seed) if patients else None
-    # Start-up after a broker loss: what is kept, what is replayed (`painpath.restart`).
-    hold_classifiers = state is not None and _say_what_is_kept(stack, endpoints.database_url, feed)
+    hold_classifiers = state is not None and _say_what_is_kept(
+        stack, endpoints.database_url, feed, replayed is not None
+    )
     published = threading.Event()  # the feed is on the broker (or will not be)
     ports = _choose_ports(settings, classifiers)
     if endpoints.local:
@@ -248,7 +283,11 @@ def run(
             )
 
     def replay() -> None:
+        from painpath.group import report_group_ready
+
         try:
+            if not hold_classifiers:  # held workers join once the feed is published
+                report_group_ready(settings, endpoints.bootstrap_servers, typer.echo)
             if feed is not None:
                 _replay(settings, endpoints, gateway, coordinator, feed, published.set)
         finally:
@@ -365,10 +404,13 @@ def _feed_file(settings: Settings, patients: int, seed: int) -> Path:
     return feed
 
 
-def _say_what_is_kept(stack: LocalStack, database_url: str, feed: Path | None) -> bool:
+def _say_what_is_kept(
+    stack: LocalStack, database_url: str, feed: Path | None, replayed: bool
+) -> bool:
     """Say what the local database keeps of earlier runs, and, when the broker holding their
-    events is gone, what this run replays (see `painpath.restart`). True when the classifier
-    workers should start only once the feed is published again."""
+    events is gone, what this run replays (see `painpath.restart`). `replayed`: the gateway's
+    kept events were published again already (`painpath.replay`), the feed's among them. True
+    when the classifier workers should start only once the feed is published again."""
     from painpath.restart import after_broker_loss, kept_state
 
     state = stack.state()
@@ -376,6 +418,9 @@ def _say_what_is_kept(stack: LocalStack, database_url: str, feed: Path | None) -
     if kept.anything:
         typer.echo(f"kept from earlier runs: {kept.describe()}")
     if not state.broker_lost:
+        return False
+    if replayed:  # every kept event is on the new broker before any worker starts
+        stack.update(database_broker_id=state.broker_id)
         return False
     typer.echo(asyncio.run(after_broker_loss(database_url, feed)))
     stack.update(database_broker_id=state.broker_id)
@@ -439,6 +484,44 @@ def _replay(
             " (from the gateway's acceptance to the task, during the replay's burst)"
         )
     console.print(f"dashboard: {coordinator}/dashboard  (token: {_token_hint(settings)})")
+
+
+@app.command()
+def replay(
+    since: datetime = typer.Option(
+        ..., "--since", help="Replay the events accepted at or after this instant (RFC 3339)"
+    ),
+    reason: str = typer.Option(
+        "operator replay", help="Why (kept in the audit record of the replay)"
+    ),
+    operator: str = typer.Option(None, help="Who runs it (default: the OS user)"),
+) -> None:
+    """Publish again, in acceptance order, every event the gateway accepted since --since.
+
+    After a Kafka disaster (the events topic lost or re-created, the local broker restarted):
+    the gateway keeps each accepted record as published for GATEWAY_IDEMPOTENCY_RETENTION_DAYS.
+    Idempotent: consumers drop an event they already have (same source, id and content).
+    """
+    from painpath.replay import replay_with_progress
+    from shared.db import migrate
+
+    if since.tzinfo is None:
+        raise typer.BadParameter(
+            "needs an offset, e.g. 2026-06-30T00:00:00Z", param_hint="'--since'"
+        )
+    settings = _settings()
+    endpoints = resolve_endpoints(settings)
+    asyncio.run(migrate(endpoints.database_url))
+    result = asyncio.run(replay_with_progress(settings, endpoints, since, reason, operator))
+    typer.echo(
+        f"replayed {result.published} events in {result.seconds:.1f} s (audit: replay"
+        f" {result.replay_id})"
+    )
+    if result.not_kept:
+        typer.echo(
+            f"{result.not_kept} events accepted since then were claimed before the gateway kept"
+            " records: they cannot be replayed"
+        )
 
 
 @app.command()

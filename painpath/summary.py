@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from services.classifier.stream import GROUP as CLASSIFIER_GROUP
 from services.coordinator.app import GROUP as COORDINATOR_GROUP
+from shared.consumer_group import group_status
 from shared.kafka import group_lag
 from shared.settings import Settings
-from shared.topics import DETERMINATIONS, EVENTS
+from shared.topics import DETERMINATIONS
 
 
 @dataclass
@@ -30,14 +30,17 @@ async def wait_until_settled(
     interval: float = 1.0,
 ) -> float:
     """Until the classifier and coordinator consumed everything and the outbox is published,
-    looking every `interval` seconds.
+    looking every `interval` seconds. The classifier's part is its group's status as a whole
+    (`shared.consumer_group`): no lag, and every partition owned (a worker lost meanwhile
+    leaves its partitions unowned until the group rebalances).
 
     Returns the seconds waited; raises TimeoutError after `timeout`.
     """
     prefix = settings.kafka_topic_prefix
     started = time.monotonic()
     while True:
-        behind = await group_lag(settings, bootstrap_servers, f"{prefix}{CLASSIFIER_GROUP}", EVENTS)
+        classifiers = await group_status(settings, bootstrap_servers)
+        behind = classifiers.lag + len(classifiers.unowned)
         behind += await group_lag(
             settings, bootstrap_servers, f"{prefix}{COORDINATOR_GROUP}", DETERMINATIONS
         )

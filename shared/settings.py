@@ -87,6 +87,7 @@ class Settings(BaseSettings):
     classifier_reevaluate_seconds: float = Field(default=3600, gt=0, le=86400)
     classifier_as_of: AwareDatetime | None = None
     classifier_session_timeout_seconds: float = Field(default=10, gt=0)
+    classifier_group_stall_seconds: float = Field(default=45, gt=0)
     # Parsed events kept for the patients of live traffic (about 2 KB each), per worker.
     classifier_cache_events: int = Field(default=20_000, ge=0)
     classifier_fetch_wait_ms: int = Field(default=20, ge=0)

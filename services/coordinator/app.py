@@ -27,6 +27,7 @@ from prometheus_client import (
 
 from services.coordinator.api import create_router
 from services.coordinator.care_plan import TaskState
+from services.coordinator.classifier_group import ClassifierGroupMonitor
 from services.coordinator.consumer import BatchConsumer
 from services.coordinator.dashboard import dashboard_router
 from services.coordinator.relay import OutboxNotifier, OutboxRelay
@@ -163,6 +164,9 @@ def create_app(
     state: dict[str, Any] = {}
     coordinator = Coordinator(None, templates, roster, today)  # its pool is opened at start
     notifier = OutboxNotifier(endpoints.database_url)
+    classifier_group = ClassifierGroupMonitor(
+        settings, endpoints.bootstrap_servers, metrics.registry
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -217,6 +221,7 @@ def create_app(
         relaying = loops.start("relay", relay.run, restart=True)
         tasks = [*consuming, relaying]
         state.update(pool=pool, consumers=consumers, relay=relay, tasks=tasks)
+        await classifier_group.start()
         log.info("coordinator_started", templates=templates.id, people=len(roster.people))
         try:
             yield
@@ -227,6 +232,7 @@ def create_app(
             stopping_at = time.monotonic()
             loops.stop()
             log.info("coordinator_stopping")
+            await classifier_group.stop()
             for consumer in consumers:
                 consumer.stop()
             cancelled = await _finish(consuming, STOP_SECONDS)
@@ -257,6 +263,7 @@ def create_app(
 
     app.include_router(create_router(coordinator, notifier, endpoints.coordinator_tokens))
     app.include_router(dashboard_router())
+    app.include_router(classifier_group.router())
 
     @app.middleware("http")
     async def observe(request: Request, call_next):

@@ -380,13 +380,24 @@ async def _database_ready(state: dict[str, Any]) -> None:
         await check_schema(connection, ["gateway_accepted_events"])
 
 
-async def sweep_retention(pool: asyncpg.Pool, days: int) -> int:
-    """Forget the (source, id) claims older than the retention window; return how many."""
-    status = await pool.execute(
-        "DELETE FROM gateway_accepted_events WHERE accepted_at < now() - make_interval(days => $1)",
-        days,
-    )
-    return int(status.split()[-1])
+async def sweep_retention(pool: asyncpg.Pool, days: int, batch: int = 10_000) -> int:
+    """Forget the (source, id) claims older than the retention window, with the records they
+    keep (what a replay could publish); return how many. In batches of `batch` rows, oldest
+    first, each its own short transaction: a month of claims is not one long lock."""
+    deleted = 0
+    while True:
+        status = await pool.execute(
+            """DELETE FROM gateway_accepted_events WHERE (source, event_id) IN (
+                   SELECT source, event_id FROM gateway_accepted_events
+                   WHERE accepted_at < now() - make_interval(days => $1)
+                   ORDER BY accepted_at LIMIT $2)""",
+            days,
+            batch,
+        )
+        done = int(status.split()[-1])
+        deleted += done
+        if done < batch:
+            return deleted
 
 
 async def _sweep_retention_hourly(pool: asyncpg.Pool, days: int) -> None:

@@ -6,6 +6,10 @@ transaction, committed only after the broker acknowledged every send (`acks=all`
 publish rolls the claims back and the request answers 503, so the client's retry is safe; a
 crash after the publish but before the commit can at worst publish an event a second time,
 which consumers drop by its (source, id) — at-least-once, never lost.
+
+Each claim also keeps the exact record published (key, value, headers) and its place in the
+request, until the retention sweep forgets it: `services/gateway/replay.py` publishes what was
+accepted again, in acceptance order, after a broker lost its log.
 """
 
 from __future__ import annotations
@@ -74,6 +78,18 @@ class _Candidate:
     patient_id: str
     value: bytes
     content_hash: bytes
+
+    @property
+    def key(self) -> bytes:
+        return self.patient_id.encode()
+
+
+def record_headers(traceparent: str | None) -> list[tuple[str, bytes]]:
+    """The headers of a published event (kept with its claim, for a replay)."""
+    headers = [("content-type", b"application/cloudevents+json")]
+    if traceparent:
+        headers.append(("traceparent", traceparent.encode()))
+    return headers
 
 
 @dataclass
@@ -195,19 +211,30 @@ class Ingestor:
         self, candidates: list[_Candidate], traceparent: str | None
     ) -> dict[int, ItemResult]:
         results: dict[int, ItemResult] = {}
+        headers = record_headers(traceparent)
         async with self._pool.acquire() as connection, connection.transaction():
             # Sorted so that concurrent batches take the key locks in one order (no deadlock).
+            # The record is kept as published, with its place in the batch (its order).
             claimed = {
                 (row["source"], row["event_id"])
                 for row in await connection.fetch(
-                    """INSERT INTO gateway_accepted_events (source, event_id, content_hash)
-                       SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])
+                    """INSERT INTO gateway_accepted_events
+                           (source, event_id, content_hash, record_key, record_value,
+                            batch_position, header_names, header_values)
+                       SELECT c.*, $7::text[], $8::bytea[]
+                       FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[],
+                                   $5::bytea[], $6::int[]) AS c
                        ORDER BY 1, 2
                        ON CONFLICT DO NOTHING
                        RETURNING source, event_id""",
                     [c.source for c in candidates],
                     [c.event_id for c in candidates],
                     [c.content_hash for c in candidates],
+                    [c.key for c in candidates],
+                    [c.value for c in candidates],
+                    [c.index for c in candidates],
+                    [name for name, _ in headers],
+                    [value for _, value in headers],
                 )
             }
             known = [c for c in candidates if (c.source, c.event_id) not in claimed]
@@ -231,24 +258,23 @@ class Ingestor:
                         candidate.index, candidate.event_id, status, *_conflict(status)
                     )
             fresh = [c for c in candidates if (c.source, c.event_id) in claimed]
-            await self._publish(fresh, traceparent)
+            await self._publish(fresh, headers)
             for candidate in fresh:
                 results[candidate.index] = _result(
                     candidate.index, candidate.event_id, ItemStatus.ACCEPTED
                 )
         return results
 
-    async def _publish(self, candidates: list[_Candidate], traceparent: str | None) -> None:
-        headers = [("content-type", b"application/cloudevents+json")]
-        if traceparent:
-            headers.append(("traceparent", traceparent.encode()))
+    async def _publish(
+        self, candidates: list[_Candidate], headers: list[tuple[str, bytes]]
+    ) -> None:
         try:
             # send() in batch order: one patient's events keep their order within a partition.
             sends = [
                 await self._producer.send(
                     self._topic,
                     value=candidate.value,
-                    key=candidate.patient_id.encode(),
+                    key=candidate.key,
                     headers=headers,
                 )
                 for candidate in candidates

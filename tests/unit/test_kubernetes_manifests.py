@@ -21,7 +21,6 @@ from pydantic import BaseModel, SecretStr
 from typer.main import get_command
 
 from painpath.cli import app
-from services.classifier.stream import GROUP as CLASSIFIER_GROUP
 from shared.settings import Settings
 from shared.topics import EVENTS
 
@@ -220,10 +219,7 @@ def test_core_resources_validate_against_the_kubernetes_schema(document, version
 
 def test_only_keda_resources_are_custom():
     custom = {(d["apiVersion"], d["kind"]) for d in DEPLOYED if d not in CORE_DOCUMENTS}
-    assert custom == {
-        ("keda.sh/v1alpha1", "ScaledObject"),
-        ("keda.sh/v1alpha1", "TriggerAuthentication"),
-    }
+    assert custom == {("keda.sh/v1alpha1", "ScaledObject")}
 
 
 # --- workloads ------------------------------------------------------------------------------
@@ -462,24 +458,17 @@ SCALED_OBJECT_FIELDS = {
     "advanced",
     "triggers",
 }
-KAFKA_TRIGGER_METADATA = {
-    "bootstrapServers",
-    "consumerGroup",
-    "topic",
-    "lagThreshold",
-    "activationLagThreshold",
-    "offsetResetPolicy",
-    "allowIdleConsumers",
-    "scaleToZeroOnInvalidOffset",
-    "excludePersistentLag",
-    "limitToPartitionsWithLag",
-    "version",
-    "partitionLimitation",
-    "sasl",
-    "tls",
+METRICS_API_TRIGGER_METADATA = {
+    "url",
+    "format",
+    "valueLocation",
+    "targetValue",
+    "activationTargetValue",
     "unsafeSsl",
+    "authMode",
+    "aggregateFromKubeServiceEndpoints",
+    "aggregationType",
 }
-KEDA_SASL = {"PLAIN": "plaintext", "SCRAM-SHA-256": "scram_sha256", "SCRAM-SHA-512": "scram_sha512"}
 
 
 def test_the_scaled_object_scales_the_classifier_within_the_events_partitions():
@@ -495,43 +484,36 @@ def test_the_scaled_object_scales_the_classifier_within_the_events_partitions():
     assert isinstance(spec.get("pollingInterval", 30), int)
 
 
-def test_the_kafka_trigger_watches_the_classifier_group_on_the_events_topic():
+def test_the_trigger_reads_the_classifier_groups_lag_from_the_coordinator():
+    """KEDA reads the group's status as a whole (what `painpath run` reads too), from the
+    coordinator's Service, not the broker: it needs no Kafka credentials."""
+    from prometheus_client import CollectorRegistry
+
+    from services.coordinator.classifier_group import ClassifierGroupMonitor
+    from shared.consumer_group import Observation, Tracker, judge
+
     (trigger,) = SCALED_OBJECT["spec"]["triggers"]
-    assert trigger["type"] == "kafka"
+    assert trigger["type"] == "metrics-api" and "authenticationRef" not in trigger
     metadata = trigger["metadata"]
-    assert set(metadata) <= KAFKA_TRIGGER_METADATA, set(metadata) - KAFKA_TRIGGER_METADATA
+    assert set(metadata) <= METRICS_API_TRIGGER_METADATA, (
+        set(metadata) - METRICS_API_TRIGGER_METADATA
+    )
     assert all(isinstance(value, str) for value in metadata.values())  # map[string]string
-    prefix = CONFIG.get("KAFKA_TOPIC_PREFIX", "")
-    assert metadata["topic"] == EVENTS.full_name(prefix)
-    assert metadata["consumerGroup"] == f"{prefix}{CLASSIFIER_GROUP}"
-    assert metadata["bootstrapServers"] == CONFIG["KAFKA_BOOTSTRAP_SERVERS"]
-    assert int(metadata["lagThreshold"]) > 0
-    assert metadata.get("offsetResetPolicy") == "earliest"  # as the classifier's consumer
-    assert metadata.get("allowIdleConsumers", "false") == "false"
-
-
-def test_the_kafka_trigger_authenticates_like_the_services():
-    (trigger,) = SCALED_OBJECT["spec"]["triggers"]
-    metadata = trigger["metadata"]
-    protocol = CONFIG["KAFKA_SECURITY_PROTOCOL"]
-    assert metadata.get("tls", "disable") == ("enable" if protocol.endswith("SSL") else "disable")
-    if not protocol.startswith("SASL"):
-        assert metadata.get("sasl", "none") == "none"
-        return
-    assert metadata["sasl"] == KEDA_SASL[CONFIG.get("KAFKA_SASL_MECHANISM", "PLAIN")]
-    auth = _one(MAIN, "TriggerAuthentication", trigger["authenticationRef"]["name"])
-    assert set(auth["spec"]) <= {"secretTargetRef", "env", "configMapTargetRef"}
-    parameters = {}
-    for reference in auth["spec"].get("secretTargetRef", []):
-        assert reference["name"] == SECRET_NAME
-        assert reference["key"] in SECRET_EXAMPLE[0]["stringData"]
-        parameters[reference["parameter"]] = reference["key"]
-    classifier = _main_container("classifier")
-    for reference in auth["spec"].get("env", []):
-        assert reference["containerName"] == classifier["name"]
-        assert _env_value(classifier, reference["name"]), reference["name"]
-        parameters[reference["parameter"]] = reference["name"]
-    assert parameters == {"username": "KAFKA_SASL_USERNAME", "password": "KAFKA_SASL_PASSWORD"}
+    service = _one(MAIN, "Service", "painpath-coordinator")
+    port = service["spec"]["ports"][0]["port"]
+    base = f"http://{service['metadata']['name']}.{NAMESPACE}.svc:{port}"
+    assert metadata["url"].startswith(base + "/")
+    path = metadata["url"][len(base) :]
+    monitor = ClassifierGroupMonitor(Settings(_env_file=None), "127.0.0.1:1", CollectorRegistry())
+    assert path in {route.path for route in monitor.router().routes}
+    assert metadata.get("format", "json") == "json"
+    status = judge("g", EVENTS, Observation("Empty", 0, {}, {}, {}), Tracker(), 0, 1)
+    assert isinstance(status.as_dict()[metadata["valueLocation"]], int)
+    assert float(metadata["targetValue"]) > 0
+    fallback = SCALED_OBJECT["spec"]["fallback"]
+    assert fallback["failureThreshold"] > 0
+    assert SCALED_OBJECT["spec"]["minReplicaCount"] <= fallback["replicas"]
+    assert fallback["replicas"] <= SCALED_OBJECT["spec"]["maxReplicaCount"]
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
