@@ -221,7 +221,7 @@ def create_app(
         relaying = loops.start("relay", relay.run, restart=True)
         tasks = [*consuming, relaying]
         state.update(pool=pool, consumers=consumers, relay=relay, tasks=tasks)
-        await classifier_group.start()
+        await classifier_group.start(loops)
         log.info("coordinator_started", templates=templates.id, people=len(roster.people))
         try:
             yield

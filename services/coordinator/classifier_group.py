@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from shared.consumer_group import GroupStatus, GroupWatch
 from shared.logging import get_logger
 from shared.settings import Settings
+from shared.supervision import Loops
 
 log = get_logger("painpath.coordinator.classifier_group")
 
@@ -70,8 +71,13 @@ class ClassifierGroupMonitor:
             registry=registry,
         )
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="classifier-group")
+    async def start(self, loops: Loops | None = None) -> None:
+        """Observe the group every few seconds until `stop`; with the process's `loops`, as one
+        of them (`shared.supervision`: never a loop dead in a live process)."""
+        if loops is None:
+            self._task = asyncio.create_task(self._run(), name="classifier-group")
+        else:
+            self._task = loops.start("classifier-group", self._run, restart=True)
 
     async def stop(self) -> None:
         if self._task is not None:
