@@ -46,9 +46,7 @@ class ParsedCache:
     def keep(self, history: PatientHistory) -> None:
         """Keep `history`'s parsed events (the most recently decided); drop the oldest others'
         while the cache holds more than its limit."""
-        known = self._order.pop(id(history), None)
-        if known is not None:
-            self._events -= known[1]
+        self._forget(history)
         count = len(history.raw)
         self._order[id(history)] = (history, count)
         self._events += count
@@ -62,8 +60,18 @@ class ParsedCache:
         cache keeps them already."""
         if live:
             self.keep(history)
-        elif id(history) not in self._order:
+        elif history not in self:
             history.forget_parsed()
+
+    def drop(self, history: PatientHistory) -> None:
+        """`history` keeps only its texts from now on (e.g. a patient set aside)."""
+        self._forget(history)
+        history.forget_parsed()
+
+    def _forget(self, history: PatientHistory) -> None:
+        known = self._order.pop(id(history), None)
+        if known is not None:
+            self._events -= known[1]
 
     @property
     def events(self) -> int:

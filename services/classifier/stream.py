@@ -424,7 +424,7 @@ class Classifier:
         message (it may quote a value); decided again on its next new event or a restore."""
         failure = DecisionFailure.of(error)
         state.quarantined.add(key)
-        history.forget_parsed()  # parsed again if ever decided again; the cache never saw them
+        self.parsed.drop(history)  # parsed again if ever decided again
         state.changed.add(key)  # set aside: a restore decides it again
         self.metrics.quarantined.labels(failure.error).inc()
         self.metrics.in_quarantine.set(self.quarantined_count())

@@ -55,3 +55,11 @@ def test_clearing_drops_every_parsed_history():
     cache.keep(one)
     cache.clear()
     assert one._parsed is None and one not in cache and cache.events == 0
+
+
+def test_a_dropped_history_leaves_the_cache_and_its_count():
+    cache = ParsedCache(events=10)
+    one = history(3)
+    cache.keep(one)
+    cache.drop(one)
+    assert one not in cache and one._parsed is None and cache.events == 0
