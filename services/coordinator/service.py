@@ -187,13 +187,14 @@ class Coordinator:
         )
         changes = store.Changes(connection)
         today = self.today()
+        bookings = store.Bookings(connection)  # one read for the batch, if a plan changes
         for record, determination in to_apply:
             tracing.bind(tracing.continue_trace(tracing.from_headers(record.headers)))
             patient_id = determination.patient_id
             if patient_id not in tasks:  # changed by an earlier determination of this batch
                 tasks[patient_id] = await store.patient_tasks(connection, patient_id)
             if await self._apply_determination(
-                connection, changes, determination, tasks[patient_id], today
+                connection, changes, bookings, determination, tasks[patient_id], today
             ):
                 del tasks[patient_id]
         await changes.flush()
@@ -203,6 +204,7 @@ class Coordinator:
         self,
         connection: asyncpg.Connection,
         changes: store.Changes,
+        bookings: store.Bookings,
         determination: Determination,
         existing: list[TaskView],
         today: date,
@@ -238,6 +240,7 @@ class Coordinator:
                     "updated_at": at,
                 },
             )
+            bookings.replace((), (task,))
             await changes.save(task, "created", SYSTEM_ACTOR, spec.reason)
         open_by_key = {task.key: task for task in existing if task.state in OPEN_STATES}
         for key, reason in change.cancel:
@@ -247,8 +250,9 @@ class Coordinator:
                 task.id,
                 {"state": TaskState.CANCELLED.value, "cancel_reason": reason},
             )
+            bookings.replace((task,), (cancelled,))
             await changes.save(cancelled, "cancelled", SYSTEM_ACTOR, reason, task.state)
-        await self._reschedule(connection, changes, patient_id, today)
+        await self._reschedule(connection, changes, bookings, patient_id, today)
         log.info(
             "plan_changed",
             patient_id=patient_id,  # pseudonymised by the log filter
@@ -304,7 +308,9 @@ class Coordinator:
                 {"assignee": changed.assignee} if action is TaskAction.REASSIGN else None,
             )
             if action in (TaskAction.COMPLETE, TaskAction.CANCEL, TaskAction.REASSIGN):
-                await self._reschedule(connection, changes, task.patient_id, self.today())
+                await self._reschedule(
+                    connection, changes, store.Bookings(connection), task.patient_id, self.today()
+                )
             await changes.flush()
             return await self._task(connection, task.id)
 
@@ -318,12 +324,15 @@ class Coordinator:
         self,
         connection: asyncpg.Connection,
         changes: store.Changes,
+        bookings: store.Bookings,
         patient_id: str,
         today: date,
     ) -> None:
         """Schedule the patient's open tasks around everyone else's bookings.
 
-        Only this patient's tasks can move: other patients' slots are fixed bookings.
+        Only this patient's tasks can move: other patients' slots are fixed bookings. What
+        moves is told to `bookings`, which the next patient of the transaction is scheduled
+        against.
         """
         tasks = await store.patient_tasks(connection, patient_id)
         current: dict[str, TaskView] = {}
@@ -349,7 +358,7 @@ class Coordinator:
             ],
             self.roster,
             today,
-            await store.bookings(connection, patient_id),
+            await bookings.excluding(tasks),
         )
         for task in current.values():
             slot = slots.get(str(task.id))
@@ -366,6 +375,7 @@ class Coordinator:
                 task.id,
                 {"scheduled_on": slot.date, "assignee": slot.assignee, "late": slot.late},
             )
+            bookings.replace((task,), (moved,))
             if slot.date is None:
                 reason = f"not scheduled: {slot.problem}"
             else:

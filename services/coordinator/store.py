@@ -13,6 +13,7 @@ offsets are what resumes).
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -22,6 +23,7 @@ from uuid import UUID
 import asyncpg
 from pydantic import BaseModel
 
+from services.coordinator.care_plan import OPEN_STATES
 from shared import tracing
 
 SYSTEM_ACTOR = "coordinator"
@@ -367,17 +369,59 @@ class Changes:
         self._audit, self._outbox = [], []
 
 
-async def bookings(connection: asyncpg.Connection, excluding_patient: str) -> dict:
-    """Task slots already booked per (person, ISO year-week), outside one patient's plan."""
+BookingKey = tuple[str, tuple[int, int]]  # (person id, ISO (year, week))
+_OPEN = tuple(sorted(state.value for state in OPEN_STATES))
+
+
+def booked_by(tasks: Iterable[TaskView]) -> Counter[BookingKey]:
+    """The slots these tasks take: open ones with a person and a day, per (person, ISO week)."""
+    counts: Counter[BookingKey] = Counter()
+    for task in tasks:
+        if task.assignee is not None and task.scheduled_on is not None and task.state in _OPEN:
+            year, week, _ = task.scheduled_on.isocalendar()
+            counts[(task.assignee, (year, week))] += 1
+    return counts
+
+
+class Bookings:
+    """The team's booked slots per (person, ISO week) as one transaction sees them: read from the
+    database at the first `excluding`, then kept in step by `replace` with every task the
+    transaction changes (it holds the planning lock: nobody else changes tasks meanwhile). A
+    batch of determinations reschedules patient after patient against one read, instead of
+    reading every other patient's open tasks for each (a read that grows with the team's open
+    tasks, paid once per rescheduled patient: quadratic in a backfill)."""
+
+    def __init__(self, connection: asyncpg.Connection):
+        self._connection = connection
+        self._counts: Counter[BookingKey] | None = None
+
+    async def excluding(self, tasks: Iterable[TaskView]) -> dict[BookingKey, int]:
+        """The slots booked outside `tasks` (one patient's tasks as they are stored now)."""
+        if self._counts is None:
+            self._counts = await _booked_slots(self._connection)
+        return dict(self._counts - booked_by(tasks))  # what falls to 0 is dropped
+
+    def replace(self, before: Iterable[TaskView], after: Iterable[TaskView]) -> None:
+        """Tasks stored as `before` are now stored as `after` (a task new: `before` empty). Not
+        read yet: nothing to do, the read will see the change."""
+        if self._counts is not None:
+            self._counts.subtract(booked_by(before))
+            self._counts.update(booked_by(after))
+            self._counts = +self._counts
+
+
+async def _booked_slots(connection: asyncpg.Connection) -> Counter[BookingKey]:
+    """Every open task's slot, counted in the database (one row per person and week)."""
     rows = await connection.fetch(
-        """SELECT assignee, scheduled_on FROM tasks
-           WHERE assignee IS NOT NULL AND scheduled_on IS NOT NULL
-             AND state IN ('proposed', 'accepted', 'in_progress') AND patient_id <> $1""",
-        excluding_patient,
+        """SELECT assignee, date_trunc('week', scheduled_on::timestamp)::date AS monday,
+                  count(*) AS slots
+           FROM tasks
+           WHERE assignee IS NOT NULL AND scheduled_on IS NOT NULL AND state = ANY($1::text[])
+           GROUP BY 1, 2""",
+        list(_OPEN),
     )
-    booked: dict[tuple[str, tuple[int, int]], int] = {}
+    counts: Counter[BookingKey] = Counter()
     for row in rows:
-        year, week, _ = row["scheduled_on"].isocalendar()
-        key = (row["assignee"], (year, week))
-        booked[key] = booked.get(key, 0) + 1
-    return booked
+        year, week, _ = row["monday"].isocalendar()
+        counts[(row["assignee"], (year, week))] += row["slots"]
+    return counts

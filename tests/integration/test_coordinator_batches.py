@@ -173,6 +173,15 @@ async def test_a_batch_applied_in_one_transaction_equals_its_records_applied_one
     singly = [(await one_by_one.determination_records([record]))[0] for record in records]
 
     assert batched == singly == [Outcome.APPLIED] * len(records)
+    # The team's capacity binds: later patients' tasks were placed around earlier ones' bookings
+    # (which the batch keeps in step in memory, `store.Bookings`, and one by one reads again).
+    roster = load_roster()
+    weeks = await one_by_one.pool.fetch(
+        """SELECT assignee, date_trunc('week', scheduled_on::timestamp) AS week, count(*) AS n
+           FROM tasks WHERE assignee IS NOT NULL AND scheduled_on IS NOT NULL
+             AND state IN ('proposed', 'accepted', 'in_progress') GROUP BY 1, 2"""
+    )
+    assert any(row["n"] == roster.person(row["assignee"]).weekly_capacity for row in weeks)
     expected = await snapshot(one_by_one.pool)
     assert expected["outbox"] and any(change[3] == "cancelled" for change in expected["outbox"])
     assert await snapshot(service.pool) == expected
