@@ -50,6 +50,21 @@ EVENTS = Topic(
     retention_ms=-1,
 )
 
+# The backfill lane: the same events, keyed and partitioned the same way, for bulk loads (a site's
+# years of history when it joins, a re-import). The classifier and the coordinator read it after
+# the live topic, so that a backfill never makes live traffic wait behind it.
+EVENTS_BACKFILL = Topic(
+    name="pain.events.backfill.v1",
+    summary=(
+        "Bulk loads of the same clinical events (history sent in bulk): read after"
+        " pain.events.v1, so that live events never wait behind a backfill."
+    ),
+    partitions=PATIENT_PARTITIONS,
+    key="patient_id",
+    cleanup_policy="delete",
+    retention_ms=-1,  # part of every patient's history, as pain.events.v1
+)
+
 EVENTS_DLQ = Topic(
     name="pain.events.dlq.v1",
     summary=(
@@ -68,6 +83,19 @@ DETERMINATIONS = Topic(
     partitions=PATIENT_PARTITIONS,
     key="patient_id",
     # The latest determination per patient is what matters to a new consumer.
+    cleanup_policy="compact",
+    retention_ms=-1,
+)
+
+DETERMINATIONS_BACKFILL = Topic(
+    name="pain.determinations.backfill.v1",
+    summary=(
+        "Determinations caused by backfill events alone (the same contract as"
+        " pain.determinations.v1): read after it. Of two determinations of a patient, the one"
+        " as of the later instant is the patient's."
+    ),
+    partitions=PATIENT_PARTITIONS,
+    key="patient_id",
     cleanup_policy="compact",
     retention_ms=-1,
 )
@@ -99,6 +127,13 @@ CLASSIFIER_CHANGELOG = Topic(
 )
 
 # The topics other systems read or write: documented in the AsyncAPI document.
-CATALOG: tuple[Topic, ...] = (EVENTS, EVENTS_DLQ, DETERMINATIONS, CARE_TASKS)
+CATALOG: tuple[Topic, ...] = (
+    EVENTS,
+    EVENTS_BACKFILL,
+    EVENTS_DLQ,
+    DETERMINATIONS,
+    DETERMINATIONS_BACKFILL,
+    CARE_TASKS,
+)
 # Every topic `painpath topics create` makes.
 ALL_TOPICS: tuple[Topic, ...] = (*CATALOG, CLASSIFIER_CHANGELOG)

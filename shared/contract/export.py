@@ -24,7 +24,16 @@ from pydantic.json_schema import GenerateJsonSchema, models_json_schema
 from shared import dead_letter
 from shared.contract.determinations import DETERMINATION_TYPE, Determination
 from shared.contract.events import EVENT_MODELS, PatientId
-from shared.topics import CARE_TASKS, CATALOG, DETERMINATIONS, EVENTS, EVENTS_DLQ, Topic
+from shared.topics import (
+    CARE_TASKS,
+    CATALOG,
+    DETERMINATIONS,
+    DETERMINATIONS_BACKFILL,
+    EVENTS,
+    EVENTS_BACKFILL,
+    EVENTS_DLQ,
+    Topic,
+)
 
 CONTRACT_VERSION = "1.0.0"
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -108,8 +117,9 @@ def asyncapi_document() -> dict[str, Any]:
         }
         for event_type, model in EVENT_MODELS.items()
     }
-    messages_by_topic = {
+    messages_by_topic: dict[str, dict[str, Any]] = {
         EVENTS.name: event_messages,
+        EVENTS_BACKFILL.name: event_messages,
         EVENTS_DLQ.name: {"RejectedEvent": _rejected_event_message()},
         DETERMINATIONS.name: {
             "Determination": {
@@ -130,6 +140,7 @@ def asyncapi_document() -> dict[str, Any]:
             )
         },
     }
+    messages_by_topic[DETERMINATIONS_BACKFILL.name] = messages_by_topic[DETERMINATIONS.name]
 
     channels = {
         _identifier(topic.name): _channel(topic, messages_by_topic[topic.name]) for topic in CATALOG
@@ -205,6 +216,31 @@ _OPERATIONS: tuple[tuple[str, str, Topic, str], ...] = (
         "receive",
         DETERMINATIONS,
         "The coordinator turns each determination into care-plan changes.",
+    ),
+    (
+        "backfillLoadersPublishEvents",
+        "send",
+        EVENTS_BACKFILL,
+        "A bulk load (a site's history, a re-import) publishes its events here, keyed by"
+        " `data.patient_id` as on pain.events.v1.",
+    ),
+    (
+        "classifierConsumesBackfill",
+        "receive",
+        EVENTS_BACKFILL,
+        "The classifier folds backfill events into the same histories, after the live topic's.",
+    ),
+    (
+        "classifierPublishesBackfillDeterminations",
+        "send",
+        DETERMINATIONS_BACKFILL,
+        "A determination caused by backfill events alone goes here, not ahead of live ones.",
+    ),
+    (
+        "coordinatorConsumesBackfillDeterminations",
+        "receive",
+        DETERMINATIONS_BACKFILL,
+        "The coordinator applies these after the live ones; the later `as_of` is followed.",
     ),
     (
         "coordinatorPublishesCareTasks",
