@@ -84,7 +84,7 @@ from services.coordinator.app import GROUP as COORDINATOR_GROUP
 from services.coordinator.app import TIMELINE_GROUP
 from shared.kafka import group_lag
 from shared.settings import Settings
-from shared.topics import DETERMINATIONS, EVENTS
+from shared.topics import DETERMINATIONS, EVENTS, EVENTS_BACKFILL
 
 EVENTS_PER_PATIENT = 67  # what the simulator averages (README)
 AS_OF = "2026-06-30T00:00:00+00:00"  # the simulated feeds end before it; classifiers decide at it
@@ -717,19 +717,20 @@ async def steady_during_backfill(
     database_url: str,
     progress: Progress,
 ) -> dict:
-    """The backfill produced onto the phase's pain.events.v1, then at once the steady feed."""
+    """The backfill produced onto the phase's backfill lane (pain.events.backfill.v1, where bulk
+    loads go), then at once the steady feed, through the gateway onto pain.events.v1."""
     task = progress.add_task("end-to-end: producing a backfill", total=len(backfill))
     produce_started = time.monotonic()
     await produce(
         bench.bootstrap_servers,
-        EVENTS.full_name(settings.kafka_topic_prefix),
+        EVENTS_BACKFILL.full_name(settings.kafka_topic_prefix),
         backfill,
         advance=lambda count: progress.advance(task, count),
     )
     produce_seconds = round(time.monotonic() - produce_started, 2)
     posted = await steady.post(lines, progress, "end-to-end, during the backfill")
     group = f"{settings.kafka_topic_prefix}{CLASSIFIER_GROUP}"
-    backlog = await group_lag(settings, bench.bootstrap_servers, group, EVENTS)
+    backlog = await group_lag(settings, bench.bootstrap_servers, group, EVENTS_BACKFILL)
     waited = await settled(settings, bench, database_url, len(backfill))
     return {
         "backfill_events": len(backfill),

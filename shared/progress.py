@@ -7,17 +7,17 @@ partitions are assigned, but nothing is processed while the lag grows. Readiness
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 
 class Progress:
     def __init__(self, stall_after: float, clock: Callable[[], float] = time.monotonic):
         self._stall_after = stall_after
         self._clock = clock
-        self._next: dict[int, int] = {}  # partition -> the offset after the last one processed
+        self._next: dict[Hashable, int] = {}  # partition -> the offset after the last one processed
         self._last = clock()
 
-    def processed(self, partition: int, offset: int) -> None:
+    def processed(self, partition: Hashable, offset: int) -> None:
         self._next[partition] = offset + 1
         self._last = self._clock()
 
@@ -25,7 +25,7 @@ class Progress:
         """On a rebalance: what is known of partitions may belong to another consumer now."""
         self._next.clear()
 
-    def lag(self, partition: int, highwater: int, position: int) -> int:
+    def lag(self, partition: Hashable, highwater: int, position: int) -> int:
         """Records not yet processed: fetched-but-unprocessed ones count too."""
         return max(0, highwater - self._next.get(partition, position))
 

@@ -92,7 +92,12 @@ class Settings(BaseSettings):
     classifier_cache_events: int = Field(default=20_000, ge=0)
     classifier_fetch_wait_ms: int = Field(default=20, ge=0)
     classifier_max_batch: int = Field(default=10_000, gt=0)
+    # Backfill-lane records a loop takes when the live lane has little: a live event waits behind
+    # at most this many (about 30 ms of admission).
+    classifier_backfill_batch: int = Field(default=1_000, gt=0)
     classifier_decision_delay_seconds: float = Field(default=5, ge=0)
+    # A decision pass is decided a slice of about this long at a time, live events in between.
+    classifier_decision_slice_seconds: float = Field(default=0.05, gt=0)
     # A record read within this long of its broker timestamp is live: its patient is decided at
     # once, even while a backlog waits for its pass (0: every record waits with the backlog).
     classifier_live_seconds: float = Field(default=1, ge=0)

@@ -115,8 +115,10 @@ class Marker:
 
     checkpoint_id: str  # unique: a local store checks that the changelog is the one it saw
     sequence: int  # increasing per partition (parts are matched to heads by it)
-    input_offset: int | None  # the input offset after the last record the state reflects
-    determinations_offset: int  # the determinations' offset after the last one published
+    # Per input lane (`partition.LANES`), the offset after the last record the state reflects.
+    input_offsets: dict[str, int | None]
+    # Per lane, the offset after the last determination published on its topic.
+    determinations_offsets: dict[str, int]
     policy: str
     reevaluated_at: datetime | None  # when every patient was last re-decided for time passing
 
@@ -126,8 +128,8 @@ class Marker:
                 "format": FORMAT,
                 "checkpoint_id": self.checkpoint_id,
                 "sequence": self.sequence,
-                "input_offset": self.input_offset,
-                "determinations_offset": self.determinations_offset,
+                "input_offsets": self.input_offsets,
+                "determinations_offsets": self.determinations_offsets,
                 "policy": self.policy,
                 "reevaluated_at": self.reevaluated_at.isoformat() if self.reevaluated_at else None,
             }
@@ -143,13 +145,36 @@ class Marker:
             return cls(
                 body["checkpoint_id"],
                 body["sequence"],
-                body["input_offset"],
-                body["determinations_offset"],
+                _input_offsets(body),
+                _determinations_offsets(body),
                 body["policy"],
                 datetime.fromisoformat(at) if at else None,
             )
         except (ValueError, KeyError, TypeError) as error:
             raise ChangelogError("unreadable checkpoint marker") from error
+
+
+def _input_offsets(body: dict) -> dict[str, int | None]:
+    """A marker's input offsets; one written before the backfill lane has the live one only."""
+    if "input_offsets" in body:
+        found = body["input_offsets"]
+        if not isinstance(found, dict) or not all(
+            isinstance(lane, str) and (offset is None or type(offset) is int)
+            for lane, offset in found.items()
+        ):
+            raise ChangelogError("unreadable checkpoint marker offsets")
+        return dict(found)
+    return {"live": body["input_offset"]}
+
+
+def _determinations_offsets(body: dict) -> dict[str, int]:
+    """A marker's determinations offsets; one written before the backfill lane, the live one."""
+    found = body.get("determinations_offsets", {"live": body.get("determinations_offset")})
+    if not isinstance(found, dict) or not all(
+        isinstance(lane, str) and type(offset) is int for lane, offset in found.items()
+    ):
+        raise ChangelogError("unreadable checkpoint marker determinations offsets")
+    return dict(found)
 
 
 class ChangelogReader:

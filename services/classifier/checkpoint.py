@@ -3,7 +3,8 @@
 For each owned partition with changes: one changelog record per patient changed since the last
 checkpoint (its whole state, `changelog.patient_records`), then a marker saying what the
 checkpoint covers; once the broker acknowledged them all, the local store is written. The
-caller then commits the input offsets the checkpoint covers (`PartitionState.checkpointed`):
+caller then commits the input offsets the checkpoint covers (`PartitionState.checkpointed`, one
+per lane):
 never before, so a crash at any point re-delivers what the changelog does not hold.
 """
 
@@ -79,8 +80,8 @@ async def write_checkpoint(
         marker = Marker(
             checkpoint_id=uuid.uuid4().hex,
             sequence=state.sequence,
-            input_offset=state.next_offset,
-            determinations_offset=state.determinations_offset,
+            input_offsets=dict(state.next_offset),
+            determinations_offsets=dict(state.determinations_offset),
             policy=policy,
             reevaluated_at=state.reevaluated_at,
         )
@@ -92,5 +93,5 @@ async def write_checkpoint(
         state = owned[partition]
         if state.store is not None:
             state.store.write(documents, Meta(marker, offset_of(queued) + 1))
-        state.checkpointed = marker.input_offset
+        state.checkpointed = dict(marker.input_offsets)
     return records

@@ -33,6 +33,7 @@ class Dirty:
     partition: int
     parent: str | bytes | None  # the trace context a determination continues (None: a new one)
     timestamp_ms: int | None  # the newest record's broker timestamp, for the latency histogram
+    backfill: bool = False  # every cause since the last decision was a backfill record
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class Decided:
     determination_id: str
     status: str
     parent: str | bytes | None
+    backfill: bool = False  # published on the backfill lane's determinations topic
 
 
 class PassCost:
@@ -117,6 +119,7 @@ async def decide(
                             determination.determination_id,
                             determination.status.value,
                             mark.parent,
+                            mark.backfill,
                         )
                     )
         if done % FREEZE_EVERY == 0:

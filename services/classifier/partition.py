@@ -9,19 +9,33 @@ from datetime import datetime
 from services.classifier.history import PatientHistory
 from services.classifier.store import LocalStore
 
+# A partition's input comes in two lanes, the same partition of two co-partitioned topics:
+# `pain.events.v1` (live) and `pain.events.backfill.v1` (bulk loads, read after the live one).
+LIVE = "live"
+BACKFILL = "backfill"
+LANES = (LIVE, BACKFILL)
+
+Offsets = dict[str, int | None]
+"""An offset per lane (None: nothing known of that lane's partition yet)."""
+
+
+def offsets(live: int | None = None, backfill: int | None = None) -> Offsets:
+    return {LIVE: live, BACKFILL: backfill}
+
 
 @dataclass
 class PartitionState:
     patients: dict[bytes, PatientHistory] = field(default_factory=dict)
-    next_offset: int | None = None  # the input offset after the last one processed
-    committed: int | None = None  # the last offset committed for the group
+    next_offset: Offsets = field(default_factory=offsets)  # after the last one processed
+    committed: Offsets = field(default_factory=offsets)  # the last committed for the group
     # Patients whose decision raised: not decided again until a new event or a restore.
     quarantined: set[bytes] = field(default_factory=set)
     store: LocalStore | None = None  # the local store (None in unit tests of the rules' side)
     changed: set[bytes] = field(default_factory=set)  # patients changed since the last checkpoint
     sequence: int = 0  # of the last checkpoint
-    determinations_offset: int = 0  # after the last determination published on this partition
-    checkpointed: int | None = None  # the input offset the last checkpoint covers
+    # Per lane, after the last determination published on this partition of its topic.
+    determinations_offset: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LANES, 0))
+    checkpointed: Offsets | None = None  # the input offsets the last checkpoint covers
     reevaluated_at: datetime | None = None  # when time passing last re-decided every patient
     # Determinations published for patients not admitted yet (a replay from the input's start).
     published_before: dict[bytes, str] = field(default_factory=dict)

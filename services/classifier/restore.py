@@ -17,9 +17,10 @@ For each partition, all read at once by one reader outside the group:
    is older than `CLASSIFIER_REEVALUATE_SECONDS`.
 
 When a partition has no checkpoint at all while the group has committed input offsets for it
-(the changelog was lost, or the state was kept in an older format), its state cannot be known:
-the input partition is replayed from its first offset (admission is idempotent, and what was
-published is read back, so nothing is published twice).
+(the changelog was lost, or the state was kept in an older format), or has committed offsets of
+a lane past its checkpoint's, its state cannot be known: both lanes of the input partition are
+replayed from their first offsets (admission is idempotent, and what was published is read back,
+so nothing is published twice).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from services.classifier.changelog import ChangelogError, ChangelogReader, Marker, decode_state
 from services.classifier.history import PatientHistory
-from services.classifier.partition import PartitionState
+from services.classifier.partition import LANES, Offsets, PartitionState
 from services.classifier.store import LocalStore, Meta
 from shared.kafka import end_offsets
 from shared.logging import get_logger
@@ -52,8 +53,9 @@ class Restored:
     dirty: set[bytes] = field(default_factory=set)  # to decide again
     flagged: set[bytes] = field(default_factory=set)  # waiting or set aside at the checkpoint
     marker: Marker | None = None  # the last checkpoint's
-    determinations_offset: int = 0  # after the last determination published
-    replay: bool = False  # no checkpoint, yet offsets committed: read the input from 0
+    # Per lane, after the last determination published on that lane's topic.
+    determinations_offset: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LANES, 0))
+    replay: bool = False  # no checkpoint, yet offsets committed: read both lanes from 0
     # What was published for patients not restored (a replay): applied when they are admitted.
     published: dict[bytes, str] = field(default_factory=dict)
     reevaluate_all: bool = False
@@ -87,14 +89,15 @@ async def restore(
     reader: AIOKafkaConsumer,
     *,
     changelog_topic: str,
-    determinations_topic: str,
-    committed: dict[int, int | None],
+    determinations_topics: dict[str, str],
+    committed: dict[int, Offsets],
     stores: dict[int, LocalStore],
     policy: str,
     now: datetime,
     reevaluate_seconds: float,
 ) -> dict[int, Restored]:
-    """Each partition of `committed` (its group offset) rebuilt; see the module's docstring."""
+    """Each partition of `committed` (its group offsets, per lane) rebuilt; see the module's
+    docstring."""
     metas: dict[int, Meta | None] = {p: stores[p].meta() for p in committed}
     tails = await _read_changelog(reader, changelog_topic, metas)
     stale = [p for p, tail in tails.items() if tail is None]
@@ -110,19 +113,7 @@ async def restore(
         results[partition] = await _rebuild(
             stores[partition], metas[partition], tail, committed[partition]
         )
-    starts = {p: r.determinations_offset for p, r in results.items()}
-    async for partition, offset, key, value in read_partitions(
-        reader, determinations_topic, starts
-    ):
-        restored = results[partition]
-        restored.determinations_offset = offset + 1
-        restored.counts["determinations"] = restored.counts.get("determinations", 0) + 1
-        determination_id = json.loads(value)["determination_id"]
-        history = restored.patients.get(key)
-        if history is not None:
-            history.published = determination_id
-        else:
-            restored.published[key] = determination_id
+    await _read_determinations(reader, determinations_topics, results)
     for restored in results.values():
         marker = restored.marker
         restored.reevaluate_all = (
@@ -134,6 +125,50 @@ async def restore(
         if restored.reevaluate_all:
             restored.dirty = set(restored.patients)
     return results
+
+
+async def _read_determinations(
+    reader: AIOKafkaConsumer, topics: dict[str, str], results: dict[int, Restored]
+) -> None:
+    """What was published since the checkpoint, on each lane's determinations topic: each
+    patient's last one (of both lanes, the one as of the later instant) is its published one.
+    When the lanes' last ones are as of the same instant and differ, which one the coordinator
+    follows depends on the order it read them: none is taken as published, so the patient's
+    decision is published again (a repeat changes nothing downstream)."""
+    last: dict[str, dict[int, dict[bytes, tuple[datetime, str]]]] = {}
+    for lane, topic in topics.items():
+        last[lane] = of_lane = {p: {} for p in results}
+        starts = {p: r.determinations_offset.get(lane, 0) for p, r in results.items()}
+        async for partition, offset, key, value in read_partitions(reader, topic, starts):
+            restored = results[partition]
+            restored.determinations_offset[lane] = offset + 1
+            restored.counts["determinations"] = restored.counts.get("determinations", 0) + 1
+            body = json.loads(value)  # a topic's later record is published after its earlier
+            of_lane[partition][key] = (_instant(body.get("as_of")), body["determination_id"])
+    for partition, restored in results.items():
+        found: dict[bytes, tuple[datetime, str | None]] = {}
+        for of_lane in last.values():
+            for key, (as_of, determination_id) in of_lane[partition].items():
+                other = found.get(key)
+                if other is None or as_of > other[0]:
+                    found[key] = (as_of, determination_id)
+                elif as_of == other[0] and determination_id != other[1]:
+                    found[key] = (as_of, None)
+        for key, (_, determination_id) in found.items():
+            history = restored.patients.get(key)
+            if history is not None:
+                history.published = determination_id
+            else:
+                restored.published[key] = determination_id
+
+
+def _instant(value: object) -> datetime:
+    """A determination's `as_of` (the earliest instant when unreadable: never the later one)."""
+    try:
+        found = datetime.fromisoformat(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return datetime.min.replace(tzinfo=UTC)
+    return found if found.tzinfo else found.replace(tzinfo=UTC)
 
 
 async def _read_changelog(
@@ -165,7 +200,7 @@ async def _read_changelog(
 
 
 async def _rebuild(
-    store: LocalStore, meta: Meta | None, tail: ChangelogReader, committed: int | None
+    store: LocalStore, meta: Meta | None, tail: ChangelogReader, committed: Offsets
 ) -> Restored:
     documents = dict(store.documents()) if meta is not None else {}
     local = len(documents)
@@ -175,16 +210,20 @@ async def _rebuild(
     restored.counts = {"local": local, "changelog": tail.records}
     if tail.inconsistent:
         log.error("changelog_parts_missing", patients=tail.inconsistent)
-    if marker is None and (committed or 0) > 0 or tail.inconsistent:
+    if marker is None and any(offset for offset in committed.values()) or tail.inconsistent:
         restored.replay = True
-    elif marker is not None and committed is not None and committed > (marker.input_offset or 0):
+    elif marker is not None and any(
+        offset is not None and offset > (marker.input_offsets.get(lane) or 0)
+        for lane, offset in committed.items()
+    ):
         restored.replay = True  # offsets committed past every checkpoint: the state was lost
     if restored.replay:
         store.clear()
         return restored
     if tail.marker is not None:
         store.write(tail.documents, Meta(tail.marker, tail.marker_offset + 1))
-    restored.determinations_offset = marker.determinations_offset if marker else 0
+    if marker is not None:
+        restored.determinations_offset |= marker.determinations_offsets
     slices = TimeSlice()
     for key, document in documents.items():
         await slices.pause()
@@ -198,17 +237,18 @@ async def _rebuild(
 
 
 async def assign(
-    committed: dict[int, int | None],
+    committed: dict[int, Offsets],
     *,
     options: dict[str, object],
     state_dir: Path,
     events_topic: str,
     changelog_topic: str,
-    determinations_topic: str,
+    determinations_topics: dict[str, str],
     policy: str,
     reevaluate_seconds: float,
 ) -> tuple[dict[int, PartitionState], dict[int, Restored]]:
-    """The assigned partitions (with their group offsets) restored: their local stores opened,
+    """The assigned partitions (with their group offsets per lane) restored: their local stores
+    opened,
     `restore` run by one reader for all of them, each partition's in-memory state."""
     started = time.monotonic()
     stores = {p: LocalStore.open(state_dir, events_topic, p) for p in committed}
@@ -223,7 +263,7 @@ async def assign(
         restored = await restore(
             reader,
             changelog_topic=changelog_topic,
-            determinations_topic=determinations_topic,
+            determinations_topics=determinations_topics,
             committed=committed,
             stores=stores,
             policy=policy,
@@ -241,13 +281,13 @@ async def assign(
         offset = committed[partition]
         states[partition] = PartitionState(
             patients=result.patients,
-            next_offset=0 if result.replay else offset,
-            committed=offset,
+            next_offset=dict.fromkeys(LANES, 0) if result.replay else dict(offset),
+            committed=dict(offset),
             store=stores[partition],
             changed=set(result.flagged),  # decided, they are written again without the flag
             sequence=result.marker.sequence if result.marker else 0,
-            determinations_offset=result.determinations_offset,
-            checkpointed=None if result.replay else offset,
+            determinations_offset=dict(result.determinations_offset),
+            checkpointed=None if result.replay else dict(offset),
             reevaluated_at=now if result.reevaluate_all else result.marker.reevaluated_at,
             published_before=result.published,
         )

@@ -37,10 +37,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from services.classifier import dead_letters
 from services.classifier.checkpoint import changes, checkpoint_due, write_checkpoint
@@ -55,7 +57,7 @@ from services.classifier.decisions import (
 from services.classifier.delivery import Delivery, offset_of
 from services.classifier.history import CONFLICT_REASON, Admission, PatientHistory
 from services.classifier.metrics import Metrics
-from services.classifier.partition import ParsedCache, PartitionState
+from services.classifier.partition import BACKFILL, LIVE, ParsedCache, PartitionState
 from services.classifier.policy import Policy
 from services.classifier.records import DecisionFailure
 from services.classifier.restore import assign
@@ -67,7 +69,14 @@ from shared.loop_stall import TimeSlice
 from shared.progress import Progress
 from shared.settings import Settings
 from shared.stack import Endpoints
-from shared.topics import CLASSIFIER_CHANGELOG, DETERMINATIONS, EVENTS, EVENTS_DLQ
+from shared.topics import (
+    CLASSIFIER_CHANGELOG,
+    DETERMINATIONS,
+    DETERMINATIONS_BACKFILL,
+    EVENTS,
+    EVENTS_BACKFILL,
+    EVENTS_DLQ,
+)
 
 log = get_logger("painpath.classifier")
 
@@ -98,8 +107,18 @@ class Classifier:
         prefix = settings.kafka_topic_prefix
         self.group = f"{prefix}{GROUP}"
         self.events_topic = EVENTS.full_name(prefix)
+        self.backfill_topic = EVENTS_BACKFILL.full_name(prefix)
+        # The input's lanes: the live topic and the backfill topic, co-partitioned, and the
+        # determinations topic of each (a determination caused by backfill events alone goes
+        # to the backfill one, never ahead of live ones).
+        self.input_topics = {LIVE: self.events_topic, BACKFILL: self.backfill_topic}
+        self.lane_of = {topic: lane for lane, topic in self.input_topics.items()}
         self.dlq_topic = EVENTS_DLQ.full_name(prefix)
         self.determinations_topic = DETERMINATIONS.full_name(prefix)
+        self.output_topics = {
+            LIVE: self.determinations_topic,
+            BACKFILL: DETERMINATIONS_BACKFILL.full_name(prefix),
+        }
         self.changelog_topic = CLASSIFIER_CHANGELOG.full_name(prefix)
         self.state_dir = settings.classifier_state_dir or (
             settings.painpath_state_dir / "classifier-state"
@@ -114,6 +133,10 @@ class Classifier:
         self.live: set[bytes] = set()
         self._live_ms = settings.classifier_live_seconds * 1000
         self.pass_cost = PassCost()
+        # The patients of the decision pass under way not decided yet: a pass is decided a slice
+        # at a time (CLASSIFIER_DECISION_SLICE_SECONDS), so that live events wait for a slice
+        # of it at most, never for a whole pass over a backfill's patients.
+        self.passing: deque[bytes] = deque()
         self._dirty_events_at: tuple[float, int] = (-1e9, 0)  # (when counted, events)
         self.restoring = False
         self.parsed = ParsedCache(settings.classifier_cache_events)
@@ -156,23 +179,29 @@ class Classifier:
             heartbeat_interval_ms=max(100, timeout_ms // 3),
             fetch_max_wait_ms=self.settings.classifier_fetch_wait_ms,
             max_partition_fetch_bytes=4 * 1024 * 1024,
+            # Partition p of both lanes to the same member: one patient's state in one place.
+            partition_assignment_strategy=(RangePartitionAssignor,),
         )
         self.delivery.consumer = self.consumer
         await self.consumer.start()
         await self._check_co_partitioning()
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.consumer.subscribe([self.events_topic], listener=_Rebalance(self))
+        self.consumer.subscribe(list(self.input_topics.values()), listener=_Rebalance(self))
 
     async def _check_co_partitioning(self) -> None:
         await self.consumer.topics()  # fetches the cluster's metadata
         counts = {
             topic: len(self.consumer.partitions_for_topic(topic) or ())
-            for topic in (self.events_topic, self.determinations_topic, self.changelog_topic)
+            for topic in (
+                *self.input_topics.values(),
+                *self.output_topics.values(),
+                self.changelog_topic,
+            )
         }
         if len(set(counts.values())) != 1:
             raise RuntimeError(
-                f"input, determinations and changelog topics must have the same partition count,"
-                f" found {counts}: run `painpath topics create`"
+                f"input (both lanes), determinations and changelog topics must have the same"
+                f" partition count, found {counts}: run `painpath topics create`"
             )
         self.partitions = counts[self.events_topic]  # a record on another partition is refused
 
@@ -206,7 +235,7 @@ class Classifier:
         max_batch = self.settings.classifier_max_batch
         while not self._stopping:
             try:
-                batches = await self.consumer.getmany(timeout_ms=200, max_records=max_batch)
+                batches = await self._fetch(max_batch)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -230,28 +259,48 @@ class Classifier:
                     gc.unfreeze()
                     gc.collect()
                     gc.freeze()
-                if self._should_decide():
-                    decided = await self._decide_dirty()
-                elif self.live:  # during a backlog, live events' patients do not wait for it
-                    decided = await self._decide_dirty(only=self.live)
-                else:
-                    decided = []
+                # Live events' patients first: they wait for no backlog and no pass.
+                decided = await self._decide_dirty(only=self.live) if self.live else []
+                if self.passing or self._should_decide():
+                    decided += await self._decide_slice()
                 self.metrics.dirty.set(len(self.dirty) + len(decided))
                 delivered = await self._deliver(decided)
                 if delivered and self._checkpoint_due() and await self._checkpoint():
                     await self._commit(self._offsets(decided_only=True))
                 self.metrics.dirty.set(len(self.dirty))
 
+    async def _fetch(self, max_batch: int) -> dict[TopicPartition, list]:
+        """The live lane first: what it has fetched (up to `max_batch`); then, when it has little,
+        up to `CLASSIFIER_BACKFILL_BATCH` records of the backfill lane, so that a loop never holds
+        a live event behind more backfill than that; waits (200 ms at most) only when neither
+        lane has anything fetched."""
+        assigned = self.consumer.assignment()
+        live = [tp for tp in assigned if tp.topic == self.events_topic]
+        backfill = [tp for tp in assigned if tp.topic == self.backfill_topic]
+        slice_records = self.settings.classifier_backfill_batch
+        batches = await self.consumer.getmany(*live, max_records=max_batch) if live else {}
+        room = slice_records - sum(len(records) for records in batches.values())
+        if backfill and room > 0:
+            batches |= await self.consumer.getmany(*backfill, max_records=room)
+        if batches:
+            return batches
+        return await self.consumer.getmany(timeout_ms=200, max_records=slice_records)
+
     async def _consume(self, batches: dict[TopicPartition, list]) -> None:
         count, duplicates = 0, 0
         slices = TimeSlice()
-        for tp, records in batches.items():
+        # Live before backfill: within a loop, a live record is admitted (and its patient marked)
+        # before the backfill's.
+        for tp, records in sorted(
+            batches.items(), key=lambda item: item[0].topic != self.events_topic
+        ):
             state = self.owned.get(tp.partition)
-            if state is None or not records:
+            lane = self.lane_of.get(tp.topic)
+            if state is None or lane is None or not records:
                 continue  # revoked while fetched: the next owner reads them
             admitted = 0
             for record in records:
-                admission = self._admit(state, tp.partition, record)
+                admission = self._admit(state, tp.partition, lane, record)
                 if admission is Admission.NEW:
                     admitted += 1
                 elif admission is Admission.DUPLICATE:
@@ -259,14 +308,14 @@ class Classifier:
                 await slices.pause()
             count += len(records)
             last = records[-1].offset
-            state.next_offset = last + 1
-            self.progress.processed(tp.partition, last)
+            state.next_offset[lane] = last + 1
+            self.progress.processed((lane, tp.partition), last)
             self._counted_new.inc(admitted)
         self._counted_duplicate.inc(duplicates)
         self.metrics.batch.observe(count)
         self.metrics.dirty.set(len(self.dirty))
 
-    def _admit(self, state: PartitionState, partition: int, record) -> Admission | None:
+    def _admit(self, state: PartitionState, partition: int, lane: str, record) -> Admission | None:
         """Admit one record: NEW, DUPLICATE, or None for a dead letter."""
         read = read_record(record.key, record.value, partition, self.partitions)
         if isinstance(read, Rejection):
@@ -289,8 +338,8 @@ class Classifier:
                 self.metrics.in_quarantine.set(self.quarantined_count())
             # The record's own trace context; our span is made when a determination is sent.
             parent = tracing.from_headers(record.headers)
-            self._mark_dirty(record.key, partition, parent, record.timestamp)
-            if self._is_live(record.timestamp):
+            self._mark_dirty(record.key, partition, parent, record.timestamp, lane)
+            if lane == LIVE and self._is_live(record.timestamp):
                 self.live.add(record.key)
         return admission
 
@@ -303,11 +352,21 @@ class Classifier:
         )
 
     def _mark_dirty(
-        self, key: bytes, partition: int, parent: str | bytes | None, timestamp_ms: int | None
+        self,
+        key: bytes,
+        partition: int,
+        parent: str | bytes | None,
+        timestamp_ms: int | None,
+        lane: str = LIVE,
     ) -> None:
+        """Mark a patient to decide. Its determination goes to the backfill lane's topic only
+        when every cause since its last decision was a backfill record (time passing and a
+        restore are live causes)."""
         if self.dirty_since is None:
             self.dirty_since = time.monotonic()
-        self.dirty[key] = Dirty(partition, parent, timestamp_ms)
+        before = self.dirty.get(key)
+        backfill = lane == BACKFILL and (before is None or before.backfill)
+        self.dirty[key] = Dirty(partition, parent, timestamp_ms, backfill)
 
     def _mark_all_dirty(self) -> None:
         traceparent = tracing.continue_trace(None)  # time passing is a cause of its own
@@ -346,14 +405,17 @@ class Classifier:
     # -- deciding ------------------------------------------------------------------------------
 
     def lag(self) -> dict[int, int]:
-        """Input records not yet processed, per owned partition (once a fetch told its end)."""
+        """Input records not yet processed, per owned partition, both lanes (once a fetch told a
+        lane's end)."""
         lags = {}
         for partition, state in self.owned.items():
-            tp = TopicPartition(self.events_topic, partition)
-            highwater = self.consumer.highwater(tp)
-            if highwater is None or state.next_offset is None:
-                continue
-            lags[partition] = self.progress.lag(partition, highwater, state.next_offset)
+            for lane, topic in self.input_topics.items():
+                highwater = self.consumer.highwater(TopicPartition(topic, partition))
+                position = state.next_offset[lane]
+                if highwater is None or position is None:
+                    continue
+                lag = self.progress.lag((lane, partition), highwater, position)
+                lags[partition] = lags.get(partition, 0) + lag
         return lags
 
     def _should_decide(self) -> bool:
@@ -388,14 +450,42 @@ class Classifier:
     async def _decide_dirty(self, only: set[bytes] | None = None) -> list[Decided]:
         """Decide every dirty patient, or `only` those (`decisions.decide`); the changed
         determinations."""
-        started = time.monotonic()
         if only is None:
             dirty, self.dirty, self.dirty_since = self.dirty, {}, None
+            self.passing.clear()
             self._dirty_events_at = (-1e9, 0)
         else:
             dirty = {key: self.dirty.pop(key) for key in only if key in self.dirty}
             if not self.dirty:
                 self.dirty_since = None
+        return await self._decide(dirty)
+
+    async def _decide_slice(self) -> list[Decided]:
+        """The next slice of the pass under way (a pass starts with the patients dirty then):
+        patients whose histories add up to what `CLASSIFIER_DECISION_SLICE_SECONDS` decides at
+        the pass's measured cost per event (one patient at least)."""
+        if not self.passing:
+            self.passing.extend(self.dirty)
+            self.dirty_since = None  # from now: the first patient marked after the pass began
+            self._dirty_events_at = (-1e9, 0)
+        limit = self.settings.classifier_decision_slice_seconds / self.pass_cost.seconds_per_event
+        chunk: dict[bytes, Dirty] = {}
+        events = 0
+        while self.passing and (not chunk or events < limit):
+            key = self.passing.popleft()
+            mark = self.dirty.pop(key, None)
+            if mark is None:
+                continue  # decided meanwhile (live), or its partition revoked
+            chunk[key] = mark
+            state = self.owned.get(mark.partition)
+            history = state.patients.get(key) if state is not None else None
+            events += len(history.raw) if history is not None else 0
+        if not self.dirty:
+            self.dirty_since = None
+        return await self._decide(chunk)
+
+    async def _decide(self, dirty: dict[bytes, Dirty]) -> list[Decided]:
+        started = time.monotonic()
         live, self.live = self.live, set()
         changed, events = await decide(
             dirty,
@@ -435,7 +525,7 @@ class Classifier:
             as_of,
             topic=self.events_topic,
             partition=partition,
-            offset=state.next_offset,
+            offset=state.next_offset[LIVE],
         )
         for document in documents:
             self._send(self.dlq_topic, document, key=key, headers=headers)
@@ -462,8 +552,9 @@ class Classifier:
 
     def _fence(self) -> dict[TopicPartition, int]:
         return {
-            TopicPartition(self.events_topic, partition): state.committed or 0
+            TopicPartition(topic, partition): state.committed[lane] or 0
             for partition, state in self.owned.items()
+            for lane, topic in self.input_topics.items()
         }
 
     def _offsets(self, *, decided_only: bool) -> dict[TopicPartition, int]:
@@ -472,11 +563,12 @@ class Classifier:
         lag, which autoscaling and "settled" read) means decided and published."""
         waiting = {mark.partition for mark in self.dirty.values()} if decided_only else set()
         return {
-            TopicPartition(self.events_topic, partition): state.checkpointed
+            TopicPartition(topic, partition): state.checkpointed[lane]
             for partition, state in self.owned.items()
-            if state.checkpointed is not None
-            and state.checkpointed != state.committed
-            and partition not in waiting
+            if state.checkpointed is not None and partition not in waiting
+            for lane, topic in self.input_topics.items()
+            if state.checkpointed.get(lane) is not None
+            and state.checkpointed[lane] != state.committed[lane]
         }
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> bool:
@@ -484,7 +576,7 @@ class Classifier:
         if not await self.delivery.commit(offsets):
             return False
         for tp, offset in offsets.items():
-            self.owned[tp.partition].committed = offset
+            self.owned[tp.partition].committed[self.lane_of[tp.topic]] = offset
         return True
 
     async def _deliver(self, decided: list[Decided]) -> bool:
@@ -503,8 +595,9 @@ class Classifier:
         sent = {}
         for item in decided:
             traceparent = tracing.continue_trace(item.parent)
-            sent[item.partition] = self._send(
-                self.determinations_topic,
+            lane = BACKFILL if item.backfill else LIVE
+            sent[(lane, item.partition)] = self._send(
+                self.output_topics[lane],
                 item.value,
                 key=item.key,
                 partition=item.partition,
@@ -523,8 +616,8 @@ class Classifier:
                 trace_id=tracing.trace_id_of(traceparent),
             )
         await self._flush()
-        for partition, last in sent.items():
-            self.owned[partition].determinations_offset = offset_of(last) + 1
+        for (lane, partition), last in sent.items():
+            self.owned[partition].determinations_offset[lane] = offset_of(last) + 1
         return True
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -569,7 +662,7 @@ class Classifier:
             if not self._stopping and await self._checkpoint():
                 await self._commit(self._offsets(decided_only=False))
             for tp in revoked:
-                if tp.topic == self.events_topic:
+                if tp.topic in self.lane_of:  # both lanes of a partition go together
                     state = self.owned.pop(tp.partition, None)
                     if state is not None and state.store is not None:
                         state.store.close()
@@ -589,8 +682,12 @@ class Classifier:
         async with self._lock:
             self.restoring = True
             try:
+                _check_lanes_together(assigned, self.input_topics)
                 committed = {
-                    tp.partition: await self.consumer.committed(tp)
+                    tp.partition: {
+                        lane: await self.consumer.committed(TopicPartition(topic, tp.partition))
+                        for lane, topic in self.input_topics.items()
+                    }
                     for tp in sorted(assigned)
                     if tp.topic == self.events_topic and tp.partition not in self.owned
                 }
@@ -599,7 +696,7 @@ class Classifier:
             finally:
                 self.restoring = False
 
-    async def _restore(self, committed: dict[int, int | None]) -> dict[int, PartitionState]:
+    async def _restore(self, committed: dict[int, dict]) -> dict[int, PartitionState]:
         """The assigned partitions' states (`restore.assign`); every one marked to decide
         again is dirty, and a partition without a checkpoint is read again from its start."""
         started = time.monotonic()
@@ -609,14 +706,15 @@ class Classifier:
             state_dir=self.state_dir,
             events_topic=self.events_topic,
             changelog_topic=self.changelog_topic,
-            determinations_topic=self.determinations_topic,
+            determinations_topics=self.output_topics,
             policy=self.policy.id,
             reevaluate_seconds=self.settings.classifier_reevaluate_seconds,
         )
         traceparent = tracing.continue_trace(None)
         for partition, result in restored.items():
             if result.replay:
-                self.consumer.seek(TopicPartition(self.events_topic, partition), 0)
+                for topic in self.input_topics.values():
+                    self.consumer.seek(TopicPartition(topic, partition), 0)
                 self.metrics.replays.inc()
             for key in result.dirty:
                 self._mark_dirty(key, partition, traceparent, None)
@@ -646,6 +744,19 @@ class Classifier:
                 "quarantined_patients": self.quarantined_count(),
             },
         }
+
+
+def _check_lanes_together(assigned: set[TopicPartition], topics: dict[str, str]) -> None:
+    """Partition p of every lane, or of none: another assignor than the range one (which gives
+    co-partitioned topics' partitions together) would split a patient's state."""
+    by_topic = {
+        topic: {tp.partition for tp in assigned if tp.topic == topic} for topic in topics.values()
+    }
+    if len({frozenset(partitions) for partitions in by_topic.values()}) > 1:
+        raise RuntimeError(
+            f"the input lanes' partitions were assigned apart ({by_topic}): every member of the"
+            " group must use the range assignor"
+        )
 
 
 class _Rebalance(ConsumerRebalanceListener):

@@ -23,10 +23,11 @@ from services.classifier.changelog import (
     encode_state,
     patient_records,
 )
+from services.classifier.partition import offsets
 from services.classifier.restore import restore
 from services.classifier.store import LocalStore
 from shared.kafka import end_offsets
-from shared.topics import CLASSIFIER_CHANGELOG, DETERMINATIONS
+from shared.topics import CLASSIFIER_CHANGELOG, DETERMINATIONS, DETERMINATIONS_BACKFILL
 from tests.conftest import read_topic
 from tests.integration.test_classifier_stream import (
     feed_lines,
@@ -61,7 +62,9 @@ async def write_changelog(settings, checkpoints: list[dict[bytes, PatientState]]
                     sends.append(
                         await producer.send(topic, value, key=record_key, partition=PARTITION)
                     )
-            marker = Marker(f"c{sequence}", sequence, offset, 0, "default-v1", NOW)
+            marker = Marker(
+                f"c{sequence}", sequence, offsets(offset), {"live": 0}, "default-v1", NOW
+            )
             sends.append(
                 await producer.send(topic, marker.encode(), key=MARKER_KEY, partition=PARTITION)
             )
@@ -95,8 +98,11 @@ async def run_restore(settings, store: LocalStore, committed: int | None = None)
             await restore(
                 reader,
                 changelog_topic=CLASSIFIER_CHANGELOG.full_name(prefix),
-                determinations_topic=DETERMINATIONS.full_name(prefix),
-                committed={PARTITION: committed},
+                determinations_topics={
+                    "live": DETERMINATIONS.full_name(prefix),
+                    "backfill": DETERMINATIONS_BACKFILL.full_name(prefix),
+                },
+                committed={PARTITION: offsets(committed)},
                 stores={PARTITION: store},
                 policy="default-v1",
                 now=NOW,
@@ -176,17 +182,30 @@ async def test_determinations_published_after_the_checkpoint_are_known_to_the_ne
     await write_changelog(settings, [{b"pt-1": state(1)}], offset=3)
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
     await producer.start()
-    topic = DETERMINATIONS.full_name(settings.kafka_topic_prefix)
-    await producer.send_and_wait(
-        topic, json.dumps({"determination_id": "later"}).encode(), key=b"pt-1", partition=PARTITION
-    )
+    live = DETERMINATIONS.full_name(settings.kafka_topic_prefix)
+    backfill = DETERMINATIONS_BACKFILL.full_name(settings.kafka_topic_prefix)
+
+    async def publish(topic: str, key: bytes, determination_id: str, as_of: str) -> None:
+        value = json.dumps({"determination_id": determination_id, "as_of": as_of}).encode()
+        await producer.send_and_wait(topic, value, key=key, partition=PARTITION)
+
+    # pt-1: the later instant wins across the lanes; in one lane, the later record.
+    await publish(live, b"pt-1", "early", "2026-06-01T00:00:00Z")
+    await publish(backfill, b"pt-1", "later", "2026-06-02T00:00:00Z")
+    await publish(backfill, b"pt-2", "b-first", "2026-06-03T00:00:00Z")
+    await publish(backfill, b"pt-2", "b-then", "2026-06-01T00:00:00Z")
+    # pt-3: the same instant in both lanes, two decisions: which one counts downstream depends
+    # on the order the coordinator read them, so none is taken as published.
+    await publish(live, b"pt-3", "one", "2026-06-01T00:00:00Z")
+    await publish(backfill, b"pt-3", "other", "2026-06-01T00:00:00Z")
     await producer.stop()
     store = LocalStore.open(tmp_path, "events", PARTITION)
 
     restored = await run_restore(settings, store, committed=3)
 
     assert restored.patients[b"pt-1"].published == "later"
-    assert restored.determinations_offset == 1
+    assert restored.published == {b"pt-2": "b-then", b"pt-3": None}
+    assert restored.determinations_offset == {"live": 2, "backfill": 4}
     store.close()
 
 

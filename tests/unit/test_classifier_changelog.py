@@ -18,6 +18,7 @@ from services.classifier.changelog import (
     encode_state,
     patient_records,
 )
+from services.classifier.partition import offsets
 from services.classifier.store import LocalStore, Meta
 from shared.contract import ContractViolation, parse_event
 
@@ -34,7 +35,14 @@ STATE = PatientState(
 
 
 def marker(sequence: int = 1, checkpoint_id: str = "c1") -> Marker:
-    return Marker(checkpoint_id, sequence, 120, 7, "default-v1", datetime(2026, 6, 1, tzinfo=UTC))
+    return Marker(
+        checkpoint_id,
+        sequence,
+        offsets(120, 40),
+        {"live": 7, "backfill": 2},
+        "default-v1",
+        datetime(2026, 6, 1, tzinfo=UTC),
+    )
 
 
 def test_a_patient_state_keeps_every_text_byte_for_byte_and_in_order():

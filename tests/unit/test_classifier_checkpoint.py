@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from services.classifier.changelog import MARKER_KEY, ChangelogReader, Marker
 from services.classifier.checkpoint import changes, checkpoint_due, write_checkpoint
 from services.classifier.history import PatientHistory
-from services.classifier.partition import PartitionState
+from services.classifier.partition import PartitionState, offsets
 from services.classifier.store import LocalStore
 
 
@@ -39,7 +39,9 @@ class Changelog:
 
 
 def partition(tmp_path, number: int, patients: int) -> PartitionState:
-    state = PartitionState(next_offset=patients, committed=0, checkpointed=0)
+    state = PartitionState(
+        next_offset=offsets(patients), committed=offsets(0), checkpointed=offsets(0)
+    )
     state.store = LocalStore.open(tmp_path, "events", number)
     for n in range(patients):
         key = f"pt-{number}-{n}".encode()
@@ -49,12 +51,14 @@ def partition(tmp_path, number: int, patients: int) -> PartitionState:
 
 
 def test_nothing_changed_is_never_due():
-    idle = {0: PartitionState(next_offset=5, checkpointed=5)}
+    idle = {0: PartitionState(next_offset=offsets(5), checkpointed=offsets(5))}
     assert not checkpoint_due(idle, waiting=False, since=1e6, every=1, at_least_every=30)
 
 
 def test_due_once_decided_and_a_second_passed_or_at_least_every_thirty():
-    busy = {0: PartitionState(next_offset=6, checkpointed=5)}  # a duplicate processed
+    busy = {
+        0: PartitionState(next_offset=offsets(6), checkpointed=offsets(5))
+    }  # a duplicate processed
     assert changes(busy[0])
     assert not checkpoint_due(busy, waiting=False, since=0.5, every=1, at_least_every=30)
     assert checkpoint_due(busy, waiting=False, since=1.0, every=1, at_least_every=30)
@@ -80,7 +84,7 @@ async def test_a_checkpoint_writes_each_changed_patient_then_a_marker_then_the_s
         for offset, (key, value) in enumerate(log):
             reader.add(offset, key, value)
         assert reader.marker == Marker.decode(log[-1][1])
-        assert (reader.marker.sequence, reader.marker.input_offset) == (1, state.next_offset)
+        assert (reader.marker.sequence, reader.marker.input_offsets) == (1, state.next_offset)
         assert state.checkpointed == state.next_offset and state.changed == set()
         meta = state.store.meta()
         assert meta.marker == reader.marker and meta.changelog_offset == len(log)

@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
+from services.classifier.partition import LIVE as LIVE_LANE
+from services.classifier.partition import offsets
 from services.classifier.policy import load_policy
 from services.classifier.stream import Classifier, PartitionState
 from shared.settings import Settings
@@ -20,14 +22,14 @@ LIVE, BACKLOG = b"pt-live-000001", b"pt-backlog-000002"
 def worker() -> Classifier:
     worker = Classifier(Settings(_env_file=None), brokerless(), load_policy(), clock=lambda: AS_OF)
     worker.producer = RecordingProducer()
-    worker.owned[PARTITION] = PartitionState(next_offset=0, committed=0)
+    worker.owned[PARTITION] = PartitionState(next_offset=offsets(0), committed=offsets(0))
     return worker
 
 
 def admit(worker: Classifier, key: bytes, number: int, age_s: float):
     stamp = int((time.time() - age_s) * 1000)
     record = Record(key, score(key, number), number, timestamp=stamp)
-    return worker._admit(worker.owned[PARTITION], PARTITION, record)
+    return worker._admit(worker.owned[PARTITION], PARTITION, LIVE_LANE, record)
 
 
 async def test_a_record_read_as_it_is_written_is_live_and_decided_alone(worker):

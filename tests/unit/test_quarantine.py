@@ -18,6 +18,7 @@ import services.classifier.decisions as decisions
 import services.classifier.stream as stream
 from services.classifier.dead_letters import DEAD_LETTER_BYTES, quarantine_documents
 from services.classifier.history import PatientHistory
+from services.classifier.partition import LIVE, offsets
 from services.classifier.policy import load_policy
 from services.classifier.records import DecisionFailure
 from services.classifier.stream import Classifier, PartitionState
@@ -78,7 +79,7 @@ def score(patient: bytes, number: int) -> bytes:
 
 
 def admit(classifier: Classifier, record: Record):
-    return classifier._admit(classifier.owned[PARTITION], PARTITION, record)
+    return classifier._admit(classifier.owned[PARTITION], PARTITION, LIVE, record)
 
 
 def brokerless() -> Endpoints:
@@ -99,13 +100,13 @@ def classifier(monkeypatch) -> Classifier:
     dirty; `evaluate` raises OverflowError for the poison patient."""
     worker = Classifier(Settings(), brokerless(), load_policy(), clock=lambda: AS_OF)
     worker.producer = RecordingProducer()
-    worker.owned[PARTITION] = PartitionState(next_offset=0, committed=0)
+    worker.owned[PARTITION] = PartitionState(next_offset=offsets(0), committed=offsets(0))
     offset = 0
     for patient in (POISON, GOOD):
         for number in range(2):
             assert admit(worker, Record(patient, score(patient, number), offset)) is not None
             offset += 1
-    worker.owned[PARTITION].next_offset = offset
+    worker.owned[PARTITION].next_offset[LIVE] = offset
     real = decisions.evaluate
 
     def evaluate(events, policy, as_of):
@@ -194,7 +195,7 @@ async def test_the_dead_letter_of_a_patient_set_aside_lists_its_events_and_says_
 
 async def test_a_patient_set_aside_does_not_hold_back_its_partitions_offsets(classifier):
     await classifier._decide_dirty()
-    classifier.owned[PARTITION].checkpointed = 4  # as a checkpoint after the pass would
+    classifier.owned[PARTITION].checkpointed = offsets(4)  # as a checkpoint after the pass
 
     assert classifier._offsets(decided_only=True) == {
         stream.TopicPartition(classifier.events_topic, PARTITION): 4
@@ -221,7 +222,7 @@ async def test_a_new_event_for_a_patient_set_aside_decides_it_again(classifier):
     assert registry.get_sample_value("painpath_classifier_patients_in_quarantine") == 0
     assert list(classifier.dirty) == [POISON]
 
-    classifier.owned[PARTITION].next_offset = 6
+    classifier.owned[PARTITION].next_offset[LIVE] = 6
     await classifier._decide_dirty()  # still raises: set aside again, with all three events
     *_, again = await dead_letters(classifier)
     assert json.loads(again.value)["event_count"] == 3
