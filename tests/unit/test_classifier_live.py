@@ -80,3 +80,40 @@ async def test_a_cached_patient_s_new_event_is_parsed_once_on_admission(worker):
     history = worker.owned[PARTITION].patients[LIVE]
     assert [event.id for event in history._parsed] == [event.id for event in history.events]
     assert len(history._parsed) == 2
+
+
+async def test_a_pass_is_decided_a_slice_at_a_time_and_ends_with_whom_it_began(worker):
+    worker.settings = Settings(_env_file=None, classifier_decision_slice_seconds=1e-9)
+    first, second, later = b"pt-slice-000001", b"pt-slice-000002", b"pt-slice-000003"
+    admit(worker, first, 0, age_s=30)
+    admit(worker, second, 1, age_s=30)
+
+    sliced = [item.key for item in await worker._decide_slice()]  # one patient per slice here
+    admit(worker, later, 2, age_s=30)  # marked once the pass began: waits for the next one
+    sliced += [item.key for item in await worker._decide_slice()]
+
+    assert sliced == [first, second] and not worker.passing
+    assert list(worker.dirty) == [later] and worker.dirty_since is not None
+    assert [item.key for item in await worker._decide_slice()] == [later]  # the next pass
+    assert worker.dirty == {} and worker.dirty_since is None
+
+
+async def test_a_backfill_patient_s_determination_goes_to_the_backfill_lane_until_a_live_cause(
+    worker,
+):
+    def admit_to(lane: str, key: bytes, number: int):
+        record = Record(key, score(key, number), number, timestamp=int(time.time() * 1000))
+        return worker._admit(worker.owned[PARTITION], PARTITION, lane, record)
+
+    admit_to("backfill", BACKLOG, 0)
+    admit_to("backfill", BACKLOG, 1)
+    assert worker.dirty[BACKLOG].backfill and worker.live == set()  # never live, however recent
+    admit_to(LIVE_LANE, BACKLOG, 2)
+    admit_to("backfill", BACKLOG, 3)
+    assert not worker.dirty[BACKLOG].backfill  # a live cause since its last decision
+
+    [decided] = await worker._decide_dirty()
+    assert not decided.backfill
+    admit_to("backfill", BACKLOG, 4)
+    [decided] = await worker._decide_dirty()
+    assert decided.backfill
