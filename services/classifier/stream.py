@@ -273,7 +273,7 @@ class Classifier:
         """The live lane first: what it has fetched (up to `max_batch`); then, when it has little,
         up to `CLASSIFIER_BACKFILL_BATCH` records of the backfill lane, so that a loop never holds
         a live event behind more backfill than that; waits (200 ms at most) only when neither
-        lane has anything fetched."""
+        lane has anything fetched and no decision pass is under way."""
         assigned = self.consumer.assignment()
         live = [tp for tp in assigned if tp.topic == self.events_topic]
         backfill = [tp for tp in assigned if tp.topic == self.backfill_topic]
@@ -282,7 +282,7 @@ class Classifier:
         room = slice_records - sum(len(records) for records in batches.values())
         if backfill and room > 0:
             batches |= await self.consumer.getmany(*backfill, max_records=room)
-        if batches:
+        if batches or self.passing:  # a pass under way goes on at once
             return batches
         return await self.consumer.getmany(timeout_ms=200, max_records=slice_records)
 
