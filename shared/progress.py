@@ -11,10 +11,13 @@ from collections.abc import Callable, Hashable
 
 
 class Progress:
+    """A consumer's progress by partition: a partition number, or, for a consumer of several
+    topics, anything naming the partition (aiokafka's `TopicPartition`)."""
+
     def __init__(self, stall_after: float, clock: Callable[[], float] = time.monotonic):
         self._stall_after = stall_after
         self._clock = clock
-        self._next: dict[Hashable, int] = {}  # partition -> the offset after the last one processed
+        self._next: dict[Hashable, int] = {}  # partition -> the offset after the last processed
         self._last = clock()
 
     def processed(self, partition: Hashable, offset: int) -> None:

@@ -258,7 +258,7 @@ def create_router(
                     as_of=row["as_of"].isoformat(),
                     received_at=row["received_at"].isoformat(),
                 )
-                for row in sorted(history, key=lambda row: row["id"])
+                for row in sorted(history, key=lambda row: (row["as_of"], row["id"]))
             ],
             templates=plan["templates"],
             tasks=[task for task in tasks if caller.may_see(task)],

@@ -1,4 +1,9 @@
-"""The coordinator: one process running the determination consumer, the outbox relay and the API.
+"""The coordinator: one process running its consumers, the outbox relay and the API.
+
+Three consumers, each in a group of its own: live determinations (`pain.determinations.v1`); the
+backfill lane's determinations (`pain.determinations.backfill.v1`), in small batches, each begun
+only while the live consumer has no batch in hand (`BatchConsumer(behind=...)`); the timeline's
+events, of both lanes (`pain.events.v1` and `pain.events.backfill.v1`).
 
 `create_app` wires the adapters (PostgreSQL pool, Kafka consumer and producer, LISTEN/NOTIFY)
 around the service layer (`service.Coordinator`) and the pure cores (`care_plan`, `scheduling`).
@@ -10,7 +15,7 @@ import asyncio
 import time
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 from aiokafka import AIOKafkaConsumer
@@ -28,7 +33,7 @@ from prometheus_client import (
 from services.coordinator.api import create_router
 from services.coordinator.care_plan import TaskState
 from services.coordinator.classifier_group import ClassifierGroupMonitor
-from services.coordinator.consumer import BatchConsumer
+from services.coordinator.consumer import BACKFILL_MAX_RECORDS, MAX_RECORDS, BatchConsumer
 from services.coordinator.dashboard import dashboard_router
 from services.coordinator.relay import OutboxNotifier, OutboxRelay
 from services.coordinator.scheduling import Roster
@@ -42,12 +47,45 @@ from shared.progress import Progress
 from shared.settings import Settings
 from shared.stack import Endpoints
 from shared.supervision import Loops
-from shared.topics import CARE_TASKS, DETERMINATIONS, EVENTS
+from shared.topics import (
+    CARE_TASKS,
+    DETERMINATIONS,
+    DETERMINATIONS_BACKFILL,
+    EVENTS,
+    EVENTS_BACKFILL,
+    Topic,
+)
 
 log = get_logger("painpath.coordinator")
 
 GROUP = "painpath-coordinator"
 TIMELINE_GROUP = "painpath-coordinator-timeline"
+BACKFILL_GROUP = "painpath-coordinator-backfill"
+
+
+class ConsumerSpec(NamedTuple):
+    name: str  # in readiness and metrics
+    topics: tuple[Topic, ...]
+    group: str
+    max_records: int  # per batch (one transaction)
+    behind_live: bool  # starts no batch while the live determinations consumer has one
+
+
+# Groups joining at once take the local broker as long as one each, one after the other
+# (measured with a 3 s session timeout: one group 2 s, two 4 s, four 8 s), so the timeline's
+# two topics share one consumer (the timeline is not latency-critical).
+CONSUMERS: tuple[ConsumerSpec, ...] = (
+    ConsumerSpec("determinations", (DETERMINATIONS,), GROUP, MAX_RECORDS, False),  # first
+    ConsumerSpec("events", (EVENTS, EVENTS_BACKFILL), TIMELINE_GROUP, MAX_RECORDS, False),
+    ConsumerSpec(
+        "determinations_backfill",
+        (DETERMINATIONS_BACKFILL,),
+        BACKFILL_GROUP,
+        BACKFILL_MAX_RECORDS,
+        True,
+    ),
+)
+CONSUMER_NAMES = tuple(spec.name for spec in CONSUMERS)
 READINESS_TIMEOUT = 3.0
 # Not ready without these (a dropped schema answers `SELECT 1` and fails every request).
 SCHEMA_TABLES = [
@@ -91,8 +129,8 @@ class Metrics:
         )
         self.lag = Gauge(
             "painpath_coordinator_consumer_lag",
-            "Records not yet processed, by consumer and partition",
-            ["consumer", "partition"],
+            "Records not yet processed, by consumer, topic and partition",
+            ["consumer", "topic", "partition"],
             registry=self.registry,
         )
         self.processing = Histogram(
@@ -108,7 +146,7 @@ class Metrics:
             ["consumer"],
             registry=self.registry,
         )
-        for consumer in ("determinations", "events"):
+        for consumer in CONSUMER_NAMES:
             self.processing.labels(consumer)
             self.retries.labels(consumer)
         self.published = Gauge(
@@ -125,7 +163,7 @@ class Metrics:
 
 
 def _observer(metrics: Metrics, name: str):
-    counter = metrics.determinations if name == "determinations" else metrics.events
+    counter = metrics.determinations if name.startswith("determinations") else metrics.events
 
     def observe(outcome, seconds: float) -> None:
         counter.labels(outcome.value).inc()
@@ -181,37 +219,42 @@ def create_app(
         timeout_ms = int(settings.coordinator_session_timeout_seconds * 1000)
         kafka_consumers = [
             AIOKafkaConsumer(
-                topic.full_name(prefix),
+                *(topic.full_name(prefix) for topic in spec.topics),
                 **client_options(settings, endpoints.bootstrap_servers),
-                group_id=f"{prefix}{group}",
+                group_id=f"{prefix}{spec.group}",
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
                 session_timeout_ms=timeout_ms,
                 heartbeat_interval_ms=timeout_ms // 3,
                 fetch_max_wait_ms=settings.coordinator_fetch_wait_ms,
             )
-            for topic, group in ((DETERMINATIONS, GROUP), (EVENTS, TIMELINE_GROUP))
+            for spec in CONSUMERS
         ]
         for consumer in kafka_consumers:
             await consumer.start()
-        events_topic = EVENTS.full_name(prefix)
-        await kafka_consumers[1].topics()  # the cluster's metadata: the input's partition count
-        coordinator.event_partitions = (
-            len(kafka_consumers[1].partitions_for_topic(events_topic) or ()) or None
-        )
-        consumers = [
-            BatchConsumer(
-                name,
-                kafka_consumer,
-                apply,
-                Progress(settings.progress_watchdog_seconds),
-                _observer(metrics, name),
+        consumers: list[BatchConsumer] = []
+        for spec, kafka_consumer in zip(CONSUMERS, kafka_consumers, strict=True):
+            events = EVENTS in spec.topics
+            if events:
+                # The cluster's metadata: each input's partition count, for the co-partitioning
+                # check of each event topic.
+                await kafka_consumer.topics()
+                for topic in spec.topics:
+                    name = topic.full_name(prefix)
+                    count = len(kafka_consumer.partitions_for_topic(name) or ())
+                    if count:
+                        coordinator.event_partitions[name] = count
+            consumers.append(
+                BatchConsumer(
+                    spec.name,
+                    kafka_consumer,
+                    coordinator.event_records if events else coordinator.determination_records,
+                    Progress(settings.progress_watchdog_seconds),
+                    _observer(metrics, spec.name),
+                    max_records=spec.max_records,
+                    behind=consumers[0] if spec.behind_live else None,
+                )
             )
-            for name, kafka_consumer, apply in (
-                ("determinations", kafka_consumers[0], coordinator.determination_records),
-                ("events", kafka_consumers[1], coordinator.event_records),
-            )
-        ]
         relay = OutboxRelay(
             endpoints.database_url, pool, producer, CARE_TASKS.full_name(prefix), notifier
         )
@@ -285,9 +328,9 @@ def create_app(
 
     loops = Loops.of_app(app)
 
-    @app.get("/readyz", summary="Readiness: database, consumer and relay")
+    @app.get("/readyz", summary="Readiness: database, consumers and relay")
     async def readyz() -> JSONResponse:
-        checks = {"database": "ok", "determinations": "ok", "events": "ok", "relay": "ok"}
+        checks = {"database": "ok", **dict.fromkeys(CONSUMER_NAMES, "ok"), "relay": "ok"}
         try:
             async with asyncio.timeout(READINESS_TIMEOUT):
                 await check_schema(state["pool"], SCHEMA_TABLES)
@@ -296,16 +339,7 @@ def create_app(
         except Exception as exc:  # what failed is the answer, not an error of ours
             checks["database"] = f"failing: {type(exc).__name__}"
         for consumer in state["consumers"]:
-            lag = sum((await consumer.lag()).values())
-            if not consumer.assigned:
-                checks[consumer.name] = "failing: no partitions assigned"
-            elif not consumer.database_ok:
-                checks[consumer.name] = "failing: waiting for the database"
-            elif consumer.progress.stalled(lag):
-                idle = consumer.progress.idle_seconds()
-                checks[consumer.name] = (
-                    f"failing: {lag} records wait, none processed for {idle:.0f} s"
-                )
+            checks[consumer.name] = consumer.readiness(sum((await consumer.lag()).values()))
         for task in state["tasks"]:
             if task.done():
                 checks[task.get_name()] = "failing: stopped"
@@ -326,7 +360,9 @@ def create_app(
         for consumer in state["consumers"]:
             metrics.retries.labels(consumer.name).set(consumer.retries)
             for partition, lag in (await consumer.lag()).items():
-                metrics.lag.labels(consumer.name, str(partition)).set(lag)
+                metrics.lag.labels(consumer.name, partition.topic, str(partition.partition)).set(
+                    lag
+                )
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

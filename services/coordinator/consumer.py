@@ -16,6 +16,12 @@ covers those offsets, or the partition's next owner finds the records applied.
 `stop` asks for a graceful stop: the batch being applied is finished, the offsets of what was
 applied are committed, and `run` returns; records fetched but not yet applied are left to the
 next consumer of the partition.
+
+A consumer of the backfill lane runs `behind` a live one: it applies small batches
+(`BACKFILL_MAX_RECORDS`) and starts none while the live consumer holds records it fetched and has
+not applied yet, or is applying them (`busy`). A live batch then waits for a backfill one (for
+the planning lock, or the event loop) at most once and for one small batch: the one the backfill
+consumer began in the instant between two live batches.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from enum import Enum
 
 import asyncpg
 import structlog
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
 from shared.logging import get_logger
@@ -49,6 +55,8 @@ DATABASE_DOWN = (
 
 
 MAX_RECORDS = 500  # per fetch, hence per transaction
+# Per fetch of a consumer of the backfill lane: the longest a live batch can wait behind one.
+BACKFILL_MAX_RECORDS = 50
 
 
 class Outcome(Enum):
@@ -56,6 +64,8 @@ class Outcome(Enum):
     ALREADY_APPLIED = "already_applied"
     CONFLICT = "conflict"  # a patient's (source, id) kept already with other content: first wins
     UNREADABLE = "unreadable"  # a determination that cannot be read
+    # recorded, not followed: as of an earlier instant than the one the patient's plan follows
+    SUPERSEDED = "superseded"
     REFUSED = "refused"  # an event the classifier refuses too (contract, key, partition, size)
 
 
@@ -72,35 +82,58 @@ class BatchConsumer:
         apply: ApplyBatch,
         progress: Progress,
         on_outcome: Callable[[Outcome, float], None] | None = None,
+        *,
+        max_records: int = MAX_RECORDS,
+        behind: BatchConsumer | None = None,
     ):
         self.name = name
         self._consumer = consumer
         self._apply = apply
         self.progress = progress
         self._on_outcome = on_outcome or (lambda outcome, seconds: None)
+        self._max_records = max_records
+        self._behind = behind
         self.database_ok = True
         self.retries = 0
+        self.waiting_behind = False  # records in hand, held back while `behind` is busy
         self._stopping = asyncio.Event()
+        self._idle = asyncio.Event()  # set while not `busy`
+        self._idle.set()
 
     def stop(self) -> None:
         """Finish the batch being applied, commit, and return from `run` (see the module)."""
         self._stopping.set()
 
     @property
+    def busy(self) -> bool:
+        """Records fetched and not applied yet, or being applied (until their commit)."""
+        return not self._idle.is_set()
+
+    @property
     def assigned(self) -> bool:
         return bool(self._consumer.assignment())
 
-    async def lag(self) -> dict[int, int]:
+    async def lag(self) -> dict[TopicPartition, int]:
         """Records not yet processed, per assigned partition (once a fetch told its end)."""
         lags = {}
         for partition in self._consumer.assignment():
             highwater = self._consumer.highwater(partition)
             if highwater is not None:
                 position = await self._consumer.position(partition)
-                lags[partition.partition] = self.progress.lag(
-                    partition.partition, highwater, position
-                )
+                lags[partition] = self.progress.lag(partition, highwater, position)
         return lags
+
+    def readiness(self, lag: int) -> str:
+        """`/readyz`'s check of this consumer, given its lag: "ok", or "failing: " and why. One
+        waiting behind a busy live consumer is not stalled: the live one is progressing."""
+        if not self.assigned:
+            return "failing: no partitions assigned"
+        if not self.database_ok:
+            return "failing: waiting for the database"
+        if self.progress.stalled(lag) and not self.waiting_behind:
+            idle = self.progress.idle_seconds()
+            return f"failing: {lag} records wait, none processed for {idle:.0f} s"
+        return "ok"
 
     async def run(self) -> None:
         """Consume until `stop` (then return) or cancellation (then applied records whose
@@ -111,26 +144,33 @@ class BatchConsumer:
             records = [record for items in batch.values() for record in items]
             if not records:
                 continue
+            self._idle.clear()
             try:
-                outcomes = await self._apply_batch(records)
-            except _Stopped:
-                break
-            now = time.time()
-            for record, outcome in zip(records, outcomes, strict=True):
-                self.progress.processed(record.partition, record.offset)
-                self._on_outcome(outcome, max(0.0, now - record.timestamp / 1000))
-            offsets = {tp: items[-1].offset + 1 for tp, items in batch.items() if items}
-            try:
-                await self._consumer.commit(offsets)
-            except KafkaError as error:  # applied: a later commit, or the next owner, covers it
-                log.warning("commit_failed", consumer=self.name, error=type(error).__name__)
+                if not await self._wait_behind():
+                    break  # stopping: these records are left to the next consumer
+                try:
+                    outcomes = await self._apply_batch(records)
+                except _Stopped:
+                    break
+                now = time.time()
+                for record, outcome in zip(records, outcomes, strict=True):
+                    partition = TopicPartition(record.topic, record.partition)
+                    self.progress.processed(partition, record.offset)
+                    self._on_outcome(outcome, max(0.0, now - record.timestamp / 1000))
+                offsets = {tp: items[-1].offset + 1 for tp, items in batch.items() if items}
+                try:
+                    await self._consumer.commit(offsets)
+                except KafkaError as error:  # applied: a later commit, or the next owner, does
+                    log.warning("commit_failed", consumer=self.name, error=type(error).__name__)
+            finally:
+                self._idle.set()
         structlog.contextvars.clear_contextvars()  # the last record's trace is not this line's
         log.info("consumer_stopped", consumer=self.name)
 
     async def _fetch(self) -> dict:
         """The next records, or none as soon as a stop is asked for."""
         fetch = asyncio.ensure_future(
-            self._consumer.getmany(timeout_ms=1000, max_records=MAX_RECORDS)
+            self._consumer.getmany(timeout_ms=1000, max_records=self._max_records)
         )
         stopping = asyncio.ensure_future(self._stopping.wait())
         try:
@@ -142,6 +182,26 @@ class BatchConsumer:
         if fetch.cancelled():
             return {}
         return fetch.result()
+
+    async def _wait_behind(self) -> bool:
+        """Wait while the consumer this one runs behind is busy; False if a stop came first."""
+        behind = self._behind
+        if behind is None or not behind.busy:
+            return True
+        self.waiting_behind = True
+        try:
+            while behind.busy and not self._stopping.is_set():
+                idle = asyncio.ensure_future(behind._idle.wait())
+                stopping = asyncio.ensure_future(self._stopping.wait())
+                try:
+                    await asyncio.wait((idle, stopping), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    idle.cancel()
+                    stopping.cancel()
+                    await asyncio.gather(idle, stopping, return_exceptions=True)
+        finally:
+            self.waiting_behind = False
+        return not self._stopping.is_set()
 
     async def _apply_batch(self, records: list[ConsumerRecord]) -> list[Outcome]:
         delay = 0.5

@@ -62,28 +62,34 @@ class Coordinator:
         self.templates = templates
         self.roster = roster
         self.today = today
-        # Of `pain.events.v1`, once the consumer knows it: a record on another partition than
-        # its key's is refused, as the classifier refuses it.
-        self.event_partitions: int | None = None
+        # The partition count of each event topic (`pain.events.v1`, `pain.events.backfill.v1`,
+        # by their names on the broker), once the consumers know it: a record on another
+        # partition than its key's is refused, as the classifier refuses it.
+        self.event_partitions: dict[str, int] = {}
 
     async def timeline(self, patient_id: str, as_of: datetime) -> Timeline | None:
-        """The patient's timeline as of `as_of`, or None when nothing is known of the patient."""
+        """The patient's timeline as of `as_of`, or None when nothing is known of the patient.
+
+        Its status changes are read from every determination recorded (those superseded by a
+        later instant too, the history as it was known), ordered by `as_of`, then by arrival;
+        what takes the policy (trial names and outcomes) comes from the determination the care
+        plan follows.
+        """
         rows = await self.pool.fetch(
             "SELECT body FROM patient_events WHERE patient_id = $1 ORDER BY received_at",
             patient_id,
         )
         determinations = await self.pool.fetch(
-            """SELECT as_of, received_at, status, determination_id, body FROM determinations
-               WHERE patient_id = $1 ORDER BY id""",
+            """SELECT d.as_of, d.received_at, d.status, d.determination_id,
+                      d.id = p.current_determination AS followed, d.body
+               FROM determinations d LEFT JOIN care_plans p USING (patient_id)
+               WHERE d.patient_id = $1 ORDER BY d.as_of, d.id""",
             patient_id,
         )
         if not rows and not determinations:
             return None
-        current = (
-            Determination.model_validate_json(determinations[-1]["body"])
-            if determinations
-            else None
-        )
+        followed = [row for row in determinations if row["followed"]] or determinations[-1:]
+        current = Determination.model_validate_json(followed[0]["body"]) if followed else None
         return build_timeline(
             patient_id,
             [parse_event(row["body"]) for row in rows],
@@ -101,17 +107,22 @@ class Coordinator:
         )
 
     async def determination_records(self, records: list[ConsumerRecord]) -> list[Outcome]:
-        """Apply records of `pain.determinations.v1`, in order, in one transaction."""
+        """Apply records of `pain.determinations.v1` or `pain.determinations.backfill.v1`, in
+        order, in one transaction."""
         read = [(record, _read_determination(record)) for record in records]
         items = [(record, found) for record, found in read if found is not None]
         applied = iter(await self._in_one_transaction(items, self._apply_determinations, True))
         return [Outcome.UNREADABLE if found is None else next(applied) for _, found in read]
 
     async def event_records(self, records: list[ConsumerRecord]) -> list[Outcome]:
-        """Keep records of `pain.events.v1` for the patients' timelines (first one wins), in one
-        transaction. What the classifier refuses (`shared.contract.records.read_record`: the
-        contract, the key, the partition) is refused here too, never kept."""
-        read = [(record, _read_event(record, self.event_partitions)) for record in records]
+        """Keep records of `pain.events.v1` or `pain.events.backfill.v1` for the patients'
+        timelines (first one wins, whichever topic it came from), in one transaction. What the
+        classifier refuses (`shared.contract.records.read_record`: the contract, the key, the
+        partition of the record's own topic) is refused here too, never kept."""
+        read = [
+            (record, _read_event(record, self.event_partitions.get(record.topic)))
+            for record in records
+        ]
         items = [(record, found) for record, found in read if found is not None]
         kept = iter(await self._in_one_transaction(items, _keep_events, False))
         return [Outcome.REFUSED if found is None else next(kept) for _, found in read]
@@ -158,8 +169,8 @@ class Coordinator:
         as if each were applied in a transaction of its own.
 
         A determination already recorded (by what it is: `ReceivedDetermination.key`) changes
-        nothing; one whose decision is the plan's current one is recorded and followed, and
-        changes no task (the same decision re-sent, e.g. by a restarted classifier).
+        nothing; any other is recorded, then judged by `follow` against what the plan follows
+        at that point (an earlier record of the batch included).
         """
         received = [found for _, (_, found) in items]
         recorded = await store.record_determinations(connection, received)
@@ -173,13 +184,14 @@ class Coordinator:
             if row is None:
                 outcomes.append(Outcome.ALREADY_APPLIED)
                 continue
-            follows[found.patient_id] = row
-            if current.get(found.patient_id) == found.determination_id:
-                outcomes.append(Outcome.ALREADY_APPLIED)
+            outcome = follow(current.get(found.patient_id), found)
+            outcomes.append(outcome)
+            if outcome is Outcome.SUPERSEDED:
                 continue
-            current[found.patient_id] = found.determination_id
-            outcomes.append(Outcome.APPLIED)
-            to_apply.append((record, determination))
+            follows[found.patient_id] = row
+            current[found.patient_id] = store.Followed(found.determination_id, found.as_of)
+            if outcome is Outcome.APPLIED:
+                to_apply.append((record, determination))
         if follows:
             await store.set_current_determinations(connection, follows, self.templates.id)
         tasks = await store.tasks_of_patients(
@@ -382,6 +394,25 @@ class Coordinator:
                 late = " (after its due date)" if slot.late else ""
                 reason = f"scheduled for {slot.date.isoformat()}{late}"
             await changes.save(moved, "scheduled", SYSTEM_ACTOR, reason, task.state)
+
+
+def follow(current: store.Followed | None, found: store.ReceivedDetermination) -> Outcome:
+    """What a determination newly recorded does to the plan that follows `current` (None: the
+    patient has no plan yet).
+
+    The later instant wins: one as of an earlier instant than `current`'s (a backfill
+    determination applied after a newer live one) is SUPERSEDED: kept in the history, not
+    followed. Otherwise the plan follows it: it is APPLIED, or ALREADY_APPLIED when its decision
+    is the one followed (the same decision re-sent, e.g. by a restarted classifier: no task
+    changes). At an equal instant the one applied later is followed.
+    """
+    if current is None:
+        return Outcome.APPLIED
+    if found.as_of < current.as_of:
+        return Outcome.SUPERSEDED
+    if found.determination_id == current.determination_id:
+        return Outcome.ALREADY_APPLIED
+    return Outcome.APPLIED
 
 
 # What the database may refuse to store of a record that was read: a NUL in a text, an escape

@@ -145,18 +145,26 @@ def _columns(rows: Iterable[tuple]) -> list[list]:
     return [list(column) for column in zip(*rows, strict=True)]
 
 
+@dataclass(frozen=True)
+class Followed:
+    """The determination a patient's care plan follows: its decision and its instant."""
+
+    determination_id: str
+    as_of: datetime
+
+
 async def current_determinations(
     connection: asyncpg.Connection, patient_ids: list[str]
-) -> dict[str, str]:
-    """The `determination_id` each of these patients' plans follows now (patients with no plan
-    are left out)."""
+) -> dict[str, Followed]:
+    """The determination each of these patients' plans follows now (patients with no plan are
+    left out)."""
     rows = await connection.fetch(
-        """SELECT p.patient_id, d.determination_id FROM care_plans p
+        """SELECT p.patient_id, d.determination_id, d.as_of FROM care_plans p
            JOIN determinations d ON d.id = p.current_determination
            WHERE p.patient_id = ANY($1::text[])""",
         patient_ids,
     )
-    return {row["patient_id"]: row["determination_id"] for row in rows}
+    return {row["patient_id"]: Followed(row["determination_id"], row["as_of"]) for row in rows}
 
 
 async def set_current_determinations(

@@ -69,7 +69,9 @@ class Timeline(BaseModel):
 
 
 def status_changes(determinations: Iterable[StatusChange]) -> list[StatusChange]:
-    """The determinations at which the status changed, in the order received."""
+    """The determinations at which the status changed, in the order given (the coordinator's:
+    by `as_of`, then by arrival; one superseded by a later instant, applied after it, takes its
+    place by its instant)."""
     changes: list[StatusChange] = []
     for determination in determinations:
         if not changes or changes[-1].status != determination.status:

@@ -12,6 +12,7 @@ import httpx
 import pytest
 import uvicorn
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
 
 from services.coordinator.app import GROUP, create_app
 from services.coordinator.consumer import BatchConsumer
@@ -23,7 +24,13 @@ from shared.db import migrate
 from shared.ports import free_port
 from shared.progress import Progress
 from shared.settings import ApiToken
-from shared.topics import CARE_TASKS, DETERMINATIONS
+from shared.topics import (
+    CARE_TASKS,
+    DETERMINATIONS,
+    DETERMINATIONS_BACKFILL,
+    EVENTS,
+    EVENTS_BACKFILL,
+)
 from tests.conftest import read_topic
 from tests.unit.coordinator.coordinator_samples import determination, identified
 
@@ -471,18 +478,48 @@ async def test_a_task_reads_as_a_fhir_r4_task(coordinator, settings):
     assert resource["restriction"]["period"]["end"] == task["due_on"]
 
 
-async def test_health_readiness_and_metrics(coordinator):
+async def test_health_readiness_and_metrics(coordinator, settings):
     assert (await coordinator.get("/healthz")).json() == {"status": "ok"}
     ready = (await coordinator.get("/readyz")).json()
     assert ready == {
         "ready": True,
-        "checks": {"database": "ok", "determinations": "ok", "events": "ok", "relay": "ok"},
+        "checks": {
+            "database": "ok",
+            "determinations": "ok",
+            "events": "ok",
+            "determinations_backfill": "ok",
+            "relay": "ok",
+        },
     }
-    metrics = (await coordinator.get("/metrics")).text
+    # Every consumer's lag, by topic and partition (known once a fetch told each one's end).
+    prefix = settings.kafka_topic_prefix
+    expected = {
+        (consumer, topic.full_name(prefix), str(partition))
+        for consumer, topic in (
+            ("determinations", DETERMINATIONS),
+            ("events", EVENTS),
+            ("events", EVENTS_BACKFILL),
+            ("determinations_backfill", DETERMINATIONS_BACKFILL),
+        )
+        for partition in range(topic.partitions)
+    }
+    for _ in range(100):
+        metrics = (await coordinator.get("/metrics")).text
+        lags = {
+            (sample.labels["consumer"], sample.labels["topic"], sample.labels["partition"])
+            for family in text_string_to_metric_families(metrics)
+            if family.name == "painpath_coordinator_consumer_lag"
+            for sample in family.samples
+        }
+        if lags == expected:
+            break
+        await asyncio.sleep(0.1)
+    assert lags == expected
     assert 'painpath_coordinator_tasks{state="proposed"}' in metrics
     assert "painpath_coordinator_outbox_unpublished" in metrics
-    assert 'painpath_coordinator_consumer_lag{consumer="determinations",partition="0"}' in metrics
-    assert 'painpath_coordinator_processing_seconds_count{consumer="events"}' in metrics
+    for consumer in ("determinations", "events", "determinations_backfill"):
+        assert f'painpath_coordinator_processing_seconds_count{{consumer="{consumer}"}}' in metrics
+        assert f'painpath_coordinator_database_retries{{consumer="{consumer}"}}' in metrics
 
 
 async def test_many_plans_never_book_anyone_beyond_capacity_or_off_their_working_days(

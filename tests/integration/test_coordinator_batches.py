@@ -188,6 +188,116 @@ async def test_a_batch_applied_in_one_transaction_equals_its_records_applied_one
     await one_by_one.pool.close()
 
 
+def out_of_order(feed: list[Determination]) -> list[Determination]:
+    """The feed with instants: each patient's determinations an hour apart, in feed order; then,
+    for every other patient with several, its first two swapped (the older arrives second)."""
+    counts: Counter[str] = Counter()
+    timed = []
+    for item in feed:
+        timed.append(
+            item.model_copy(update={"as_of": item.as_of + timedelta(hours=counts[item.patient_id])})
+        )
+        counts[item.patient_id] += 1
+    swapped = []
+    for number, patient in enumerate(p for p, n in counts.items() if n >= 2):
+        if number % 2:
+            continue
+        first, second = [i for i, item in enumerate(timed) if item.patient_id == patient][:2]
+        timed[first], timed[second] = timed[second], timed[first]
+        swapped.append(patient)
+    assert swapped
+    return timed
+
+
+async def test_older_determinations_in_a_batch_give_what_they_give_one_by_one(
+    service, fresh_database
+):
+    """Within one batch a later record older than an earlier one (of the same patient) is
+    recorded and not followed, exactly as when each record is a transaction of its own."""
+    feed = out_of_order(determination_feed(patients=40, seed=61))
+    SENT_PATIENT_IDS.update(d.patient_id for d in feed)
+    records = [as_record(item, offset) for offset, item in enumerate(feed)]
+
+    await same_task_ids(service.pool)
+    batched = await service.determination_records(records)
+    one_by_one = Coordinator(
+        await asyncpg.create_pool(fresh_database), load_templates(), load_roster(), lambda: TODAY
+    )
+    await same_task_ids(one_by_one.pool)
+    singly = [(await one_by_one.determination_records([record]))[0] for record in records]
+    expected = await snapshot(one_by_one.pool)
+    await one_by_one.pool.close()
+
+    assert batched == singly
+    assert Outcome.SUPERSEDED in batched and Outcome.APPLIED in batched
+    assert await snapshot(service.pool) == expected
+    assert len(expected["determinations"]) == len(feed)  # the superseded ones recorded too
+    latest: dict[str, Determination] = {}
+    for item in feed:
+        if item.patient_id not in latest or item.as_of >= latest[item.patient_id].as_of:
+            latest[item.patient_id] = item
+    assert expected["plans"] == sorted((p, d.determination_id, d.as_of) for p, d in latest.items())
+    # What the tasks end with is the plan replayed over each patient's determinations in the
+    # order of their instants (the superseded ones left out).
+    tasks = Counter(
+        tuple(row)
+        for row in await service.pool.fetch(
+            "SELECT patient_id, key, state, determination_id FROM tasks"
+        )
+    )
+    followed, newest = [], {}
+    for item, outcome in zip(feed, batched, strict=True):
+        if outcome is not Outcome.SUPERSEDED:
+            assert item.as_of >= newest.get(item.patient_id, item.as_of)
+            newest[item.patient_id] = item.as_of
+            followed.append(item)
+    assert tasks == expected_tasks(followed)
+
+
+async def test_an_older_determination_is_recorded_not_followed_and_a_newer_one_is(service):
+    patient = "pt-batch-older-01"
+    SENT_PATIENT_IDS.add(patient)
+    suspected = decided(patient, Status.REFRACTORY_SUSPECTED, missing=[AssessmentPart.DIAGNOSTIC])
+    confirmed = decided(
+        patient, Status.REFRACTORY_CONFIRMED, 2, classification=Classification.NEUROPATHIC
+    )
+    responding = decided(patient, Status.RESPONDING, 3)
+    # The live confirmation first; then, from the backfill lane, the older suspicion.
+    [first] = await service.determination_records([as_record(confirmed, 0)])
+    before = await snapshot(service.pool)
+    older = as_record(suspected, 0, topic="pain.determinations.backfill.v1")
+    [late] = await service.determination_records([older])
+    after = await snapshot(service.pool)
+    # One batch: older and newer after the current one.
+    earlier_still = decided(patient, Status.NOT_CHRONIC, 1)
+    batch = [as_record(earlier_still, 1), as_record(responding, 2)]
+    outcomes = await service.determination_records(batch)
+    final = await snapshot(service.pool)
+    timeline = await service.timeline(patient, confirmed.as_of + timedelta(days=1))
+
+    assert (first, late) == (Outcome.APPLIED, Outcome.SUPERSEDED)
+    assert (
+        after["plans"]
+        == before["plans"]
+        == [(patient, confirmed.determination_id, confirmed.as_of)]
+    )
+    assert (after["tasks"], after["outbox"]) == (before["tasks"], before["outbox"])
+    assert [d[2] for d in after["determinations"]] == [
+        "refractory_confirmed",
+        "refractory_suspected",
+    ]
+    assert outcomes == [Outcome.SUPERSEDED, Outcome.APPLIED]
+    assert final["plans"] == [(patient, responding.determination_id, responding.as_of)]
+    assert {t[3] for t in final["tasks"]} == {"cancelled"}  # responding: the plan ended
+    # The history by instant, then arrival: the superseded ones in the places of their instants.
+    assert [d.status for d in timeline.determinations] == [
+        "refractory_suspected",
+        "not_chronic",
+        "refractory_confirmed",
+        "responding",
+    ]
+
+
 async def test_the_same_batch_again_changes_nothing_and_a_decision_come_back_is_applied(service):
     patient = "pt-batch-again-01"
     suspected = decided(patient, Status.REFRACTORY_SUSPECTED, missing=[AssessmentPart.DIAGNOSTIC])

@@ -17,14 +17,15 @@ from tests.faults.helpers import service_env
 pytestmark = pytest.mark.integration
 
 
-def test_a_consumer_that_dies_fails_healthz_and_exits_1(settings, endpoints, tmp_path):
+@pytest.mark.parametrize("consumer", ["events", "determinations_backfill"])
+def test_a_consumer_that_dies_fails_healthz_and_exits_1(settings, endpoints, tmp_path, consumer):
     port = free_port()
     env = service_env(
         settings.kafka_bootstrap_servers,
         endpoints.database_url,
         settings.kafka_topic_prefix,
         tmp_path,
-    )
+    ) | {"BROKEN_CONSUMER": consumer}
     log = ARTIFACTS / f"coordinator-broken-consumer-{port}.stderr.log"
     with log.open("w") as out:
         process = subprocess.Popen(
@@ -53,7 +54,7 @@ def test_a_consumer_that_dies_fails_healthz_and_exits_1(settings, endpoints, tmp
     text = log.read_text(errors="replace")
     assert status == 1, text[-3000:]
     assert (200, {"status": "ok"}) in answers  # alive before the loop died
-    assert '"loop_died"' in text and '"loop": "events"' in text
+    assert '"loop_died"' in text and f'"loop": "{consumer}"' in text
     failing = [body for code, body in answers if code == 503]
     # Between the death and the exit the server may already have stopped answering.
-    assert all(body == {"status": "failing", "dead_loops": ["events"]} for body in failing)
+    assert all(body == {"status": "failing", "dead_loops": [consumer]} for body in failing)

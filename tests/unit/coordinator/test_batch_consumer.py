@@ -229,3 +229,116 @@ def test_the_timeline_refuses_exactly_what_the_classifier_refuses():
         assert isinstance(classifier, Rejection), name
         assert _read_event(refused, 12) is None, name
     assert _read_event(record(home, 0, value, patient), 12) is not None
+
+
+class Held(Kafka):
+    """Hands out the batches given, each once a test lets it go."""
+
+    def __init__(self, *batches: dict):
+        super().__init__(*batches)
+        self.go = asyncio.Event()
+
+    async def getmany(self, timeout_ms: int, max_records: int) -> dict:
+        self.asked = max_records
+        if self.batches:
+            await self.go.wait()
+        return await super().getmany(timeout_ms, max_records)
+
+
+async def test_a_backfill_consumer_starts_no_batch_while_the_live_one_has_a_batch_in_hand():
+    live_kafka, backfill_kafka = Kafka({TP0: [record(0, 0)]}), Held({TP1: [record(1, 0)]})
+    order: list[str] = []
+    live_applying, live_may_finish = asyncio.Event(), asyncio.Event()
+
+    async def apply_live(records):
+        live_applying.set()
+        await live_may_finish.wait()
+        order.append("live")
+        return [Outcome.APPLIED]
+
+    async def apply_backfill(records):
+        order.append("backfill")
+        return [Outcome.APPLIED]
+
+    live = BatchConsumer("determinations", live_kafka, apply_live, Progress(60))
+    backfill = BatchConsumer(
+        "determinations_backfill",
+        backfill_kafka,
+        apply_backfill,
+        Progress(0),
+        max_records=50,
+        behind=live,
+    )
+    tasks = [asyncio.create_task(c.run()) for c in (live, backfill)]
+    await asyncio.wait_for(live_applying.wait(), 5)
+    assert live.busy
+    backfill_kafka.go.set()  # the backfill's records arrive while the live batch is applied
+    async with asyncio.timeout(5):
+        while not backfill.waiting_behind:
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)
+    held = (order[:], backfill.busy, backfill_kafka.commits[:])
+    live_may_finish.set()
+    async with asyncio.timeout(5):
+        while not backfill_kafka.commits:
+            await asyncio.sleep(0.01)
+    for consumer in (live, backfill):
+        consumer.stop()
+    await asyncio.gather(*tasks)
+
+    assert held == ([], True, [])
+    assert order == ["live", "backfill"]
+    assert not live.busy and not backfill.waiting_behind
+    assert backfill_kafka.asked == 50
+
+
+async def test_a_stop_while_waiting_behind_the_live_consumer_applies_and_commits_nothing():
+    live_kafka, backfill_kafka = Kafka({TP0: [record(0, 0)]}), Kafka({TP1: [record(1, 0)]})
+    live_applying = asyncio.Event()
+    applied_backfill = []
+
+    async def apply_live(records):
+        live_applying.set()
+        await asyncio.Event().wait()  # never finishes
+
+    async def apply_backfill(records):
+        applied_backfill.append(records)
+        return [Outcome.APPLIED]
+
+    live = BatchConsumer("determinations", live_kafka, apply_live, Progress(60))
+    backfill = BatchConsumer("b", backfill_kafka, apply_backfill, Progress(60), behind=live)
+    live_task = asyncio.create_task(live.run())
+    await asyncio.wait_for(live_applying.wait(), 5)
+    backfill_task = asyncio.create_task(backfill.run())
+    async with asyncio.timeout(5):
+        while not backfill.waiting_behind:
+            await asyncio.sleep(0.01)
+    backfill.stop()
+    await asyncio.wait_for(backfill_task, 5)
+    live_task.cancel()
+    await asyncio.gather(live_task, return_exceptions=True)
+
+    assert applied_backfill == [] and backfill_kafka.commits == []
+    assert not backfill.busy and not backfill.waiting_behind
+
+
+def test_readiness_says_why_a_consumer_is_not_ready():
+    now = [0.0]
+    progress = Progress(60, clock=lambda: now[0])
+    consumer = BatchConsumer("determinations_backfill", Kafka(), None, progress)
+    assert consumer.readiness(0) == "ok"
+
+    now[0] = 61.0
+    assert consumer.readiness(0) == "ok"  # nothing waits
+    assert consumer.readiness(5) == "failing: 5 records wait, none processed for 61 s"
+    consumer.waiting_behind = True  # held back by the live consumer, which is progressing
+    assert consumer.readiness(5) == "ok"
+    consumer.waiting_behind = False
+    consumer.database_ok = False
+    assert consumer.readiness(0) == "failing: waiting for the database"
+
+    unassigned = Kafka()
+    unassigned.assignment = set
+    assert BatchConsumer("d", unassigned, None, Progress(60)).readiness(0) == (
+        "failing: no partitions assigned"
+    )
