@@ -80,11 +80,11 @@ from bench.services import (
 )
 from painpath.summary import wait_until_settled
 from services.classifier.stream import GROUP as CLASSIFIER_GROUP
+from services.coordinator.app import BACKFILL_GROUP, TIMELINE_GROUP
 from services.coordinator.app import GROUP as COORDINATOR_GROUP
-from services.coordinator.app import TIMELINE_GROUP
 from shared.kafka import group_lag
 from shared.settings import Settings
-from shared.topics import DETERMINATIONS, EVENTS, EVENTS_BACKFILL
+from shared.topics import DETERMINATIONS, DETERMINATIONS_BACKFILL, EVENTS, EVENTS_BACKFILL
 
 EVENTS_PER_PATIENT = 67  # what the simulator averages (README)
 AS_OF = "2026-06-30T00:00:00+00:00"  # the simulated feeds end before it; classifiers decide at it
@@ -462,17 +462,20 @@ def compare(expected: dict[bytes, dict], got: dict[bytes, bytes]) -> dict:
 async def pipeline_lags(settings: Settings, bench: Bench, database_url: str) -> dict[str, int]:
     """What is not through yet, looked at in the pipeline's order (the classifier commits an
     event once its determination is published; the coordinator a determination once its task
-    changes are in the outbox), so that all zero means all done: records the classifier's
-    group, the coordinator's two groups and the outbox relay have not finished."""
+    changes are in the outbox), so that all zero means all done: records (of both lanes) the
+    classifier's group, the coordinator's three groups and the outbox relay have not finished."""
     servers = bench.bootstrap_servers
     prefix = settings.kafka_topic_prefix
-    lags = {
-        "classifier": await group_lag(settings, servers, f"{prefix}{CLASSIFIER_GROUP}", EVENTS),
-        "coordinator": await group_lag(
-            settings, servers, f"{prefix}{COORDINATOR_GROUP}", DETERMINATIONS
-        ),
-        "timeline": await group_lag(settings, servers, f"{prefix}{TIMELINE_GROUP}", EVENTS),
-    }
+    lags = {}
+    for name, group, topics in (
+        ("classifier", CLASSIFIER_GROUP, (EVENTS, EVENTS_BACKFILL)),
+        ("coordinator", COORDINATOR_GROUP, (DETERMINATIONS,)),
+        ("coordinator_backfill", BACKFILL_GROUP, (DETERMINATIONS_BACKFILL,)),
+        ("timeline", TIMELINE_GROUP, (EVENTS, EVENTS_BACKFILL)),
+    ):
+        lags[name] = 0
+        for topic in topics:
+            lags[name] += await group_lag(settings, servers, f"{prefix}{group}", topic)
     connection = await asyncpg.connect(database_url)
     try:
         lags["outbox"] = await connection.fetchval(

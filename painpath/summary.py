@@ -8,11 +8,22 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
+from services.coordinator.app import BACKFILL_GROUP, TIMELINE_GROUP
 from services.coordinator.app import GROUP as COORDINATOR_GROUP
-from shared.consumer_group import group_status
+from shared.consumer_group import CLASSIFIER_GROUP, group_status
 from shared.kafka import group_lag
 from shared.settings import Settings
-from shared.topics import DETERMINATIONS
+from shared.topics import DETERMINATIONS, DETERMINATIONS_BACKFILL, EVENTS, EVENTS_BACKFILL
+
+# Besides the classifier group's status on pain.events.v1: what each group has not committed
+# yet of the other topics it reads (the backfill lane, the coordinator's three consumers).
+LAGS = (
+    (CLASSIFIER_GROUP, EVENTS_BACKFILL),
+    (COORDINATOR_GROUP, DETERMINATIONS),
+    (BACKFILL_GROUP, DETERMINATIONS_BACKFILL),
+    (TIMELINE_GROUP, EVENTS),
+    (TIMELINE_GROUP, EVENTS_BACKFILL),
+)
 
 
 @dataclass
@@ -29,10 +40,10 @@ async def wait_until_settled(
     timeout: float = 900,
     interval: float = 1.0,
 ) -> float:
-    """Until the classifier and coordinator consumed everything and the outbox is published,
-    looking every `interval` seconds. The classifier's part is its group's status as a whole
-    (`shared.consumer_group`): no lag, and every partition owned (a worker lost meanwhile
-    leaves its partitions unowned until the group rebalances).
+    """Until the classifier and coordinator consumed everything, of both lanes, and the outbox
+    is published, looking every `interval` seconds. The classifier's part is its group's status
+    as a whole (`shared.consumer_group`): no lag, and every partition owned (a worker lost
+    meanwhile leaves its partitions unowned until the group rebalances); then `LAGS`.
 
     Returns the seconds waited; raises TimeoutError after `timeout`.
     """
@@ -41,9 +52,8 @@ async def wait_until_settled(
     while True:
         classifiers = await group_status(settings, bootstrap_servers)
         behind = classifiers.lag + len(classifiers.unowned)
-        behind += await group_lag(
-            settings, bootstrap_servers, f"{prefix}{COORDINATOR_GROUP}", DETERMINATIONS
-        )
+        for group, topic in LAGS:
+            behind += await group_lag(settings, bootstrap_servers, f"{prefix}{group}", topic)
         connection = await asyncpg.connect(database_url)
         try:
             behind += await connection.fetchval(
