@@ -9,6 +9,10 @@ empty assignments), its committed offsets (OffsetFetch) against the end offsets 
 high-water mark: the local broker's ListOffsets is short), and, across observations, whether
 a partition with records waiting makes progress. Pure judgement (`judge`) apart from the I/O.
 
+The classifier reads two lanes, `pain.events.v1` and `pain.events.backfill.v1`, partition p of
+both held by one member (its range assignor), so partition p's offsets are the sum over the
+lanes: its lag is what waits on either, and it progresses when either lane's commit moves.
+
 A partition counts as **unowned** when the group is not `Stable` (during a rebalance nobody
 consumes; `Empty`: nobody is there) or, when the broker reports assignments, no member holds it;
 **stalled** when records wait on it and its committed offset has not moved for
@@ -29,7 +33,7 @@ from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
 from shared.kafka import client_options, end_offsets
 from shared.settings import Settings
-from shared.topics import EVENTS, Topic
+from shared.topics import EVENTS, EVENTS_BACKFILL, Topic
 
 # The classifier's consumer group on pain.events.v1 (the classifier's own constant is
 # services/classifier/stream.py GROUP; services share names through shared/, not imports).
@@ -62,6 +66,7 @@ class GroupStatus:
     stalled: list[int]
     ready: bool
     reasons: list[str] = field(default_factory=list)
+    lanes: list[str] = field(default_factory=list)  # the topics whose offsets are summed
 
     def as_dict(self) -> dict:
         document = asdict(self)
@@ -177,21 +182,24 @@ def decode_assignment(raw: bytes, topic: str) -> list[int]:
 
 
 class GroupWatch:
-    """Observes one consumer group on one topic; keep it open and call `status()` as needed."""
+    """Observes one consumer group on its topics (`lanes`: the first one's partitions, and the
+    assignments of it, speak for all, see the module); keep it open and call `status()`."""
 
     def __init__(
         self,
         settings: Settings,
         bootstrap_servers: str,
         group: str = CLASSIFIER_GROUP,
-        topic: Topic = EVENTS,
+        lanes: tuple[Topic, ...] = (EVENTS, EVENTS_BACKFILL),
         stall_seconds: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
         prefix = settings.kafka_topic_prefix
         self.group = f"{prefix}{group}"
-        self.topic = topic
-        self.topic_name = topic.full_name(prefix)
+        self.topic = lanes[0]
+        self.topic_name = self.topic.full_name(prefix)
+        assert all(lane.partitions == self.topic.partitions for lane in lanes), lanes
+        self.lanes = [lane.full_name(prefix) for lane in lanes]
         self.stall_seconds = (
             settings.classifier_group_stall_seconds if stall_seconds is None else stall_seconds
         )
@@ -238,22 +246,34 @@ class GroupWatch:
                 member[0]: decode_assignment(member[-1], self.topic_name)
                 for member in group_members
             }
-        partitions = [TopicPartition(self.topic_name, p) for p in range(self.topic.partitions)]
-        committed = {tp.partition: await self._consumer.committed(tp) for tp in partitions}
+        numbers = range(self.topic.partitions)
+        partitions = [TopicPartition(name, p) for name in self.lanes for p in numbers]
+        committed = {tp: await self._consumer.committed(tp) for tp in partitions}
         ends = await end_offsets(self._consumer, partitions)
         return Observation(
             state=state,
             members=members,
             assignments=assignments,
-            committed=committed,
-            ends={tp.partition: end for tp, end in ends.items()},
+            committed={
+                p: _sum([committed[tp] for tp in partitions if tp.partition == p]) for p in numbers
+            },
+            ends={p: sum(ends[tp] for tp in partitions if tp.partition == p) for p in numbers},
         )
 
     async def status(self) -> GroupStatus:
         observation = await self.observe()
-        return judge(
+        status = judge(
             self.group, self.topic, observation, self.tracker, self._clock(), self.stall_seconds
         )
+        status.lanes = list(self.lanes)
+        return status
+
+
+def _sum(offsets: list[int | None]) -> int | None:
+    """A partition's committed offsets over its lanes: None while no lane ever committed."""
+    if all(offset is None for offset in offsets):
+        return None
+    return sum(offset or 0 for offset in offsets)
 
 
 async def group_status(settings: Settings, bootstrap_servers: str, **options) -> GroupStatus:

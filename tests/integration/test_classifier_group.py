@@ -8,6 +8,8 @@ import asyncio
 import pytest
 
 from shared.consumer_group import GroupWatch, group_status
+from shared.topics import EVENTS, EVENTS_BACKFILL
+from tests.integration.test_classifier_lanes import produce as produce_to
 from tests.integration.test_classifier_stream import Workers, as_records, feed_lines, produce
 from tests.integration.test_coordinator import coordinator  # noqa: F401 (a fixture)
 
@@ -32,7 +34,10 @@ async def test_a_working_group_is_ready_and_its_lag_is_what_it_has_not_committed
     settings, workers, tmp_path
 ):
     records = as_records(feed_lines(10, 3))
-    await produce(settings, records)  # before any worker: all of it is lag
+    # Before any worker all of it is lag, of both lanes (partition p of each: one owner).
+    half = len(records) // 2
+    await produce(settings, records[:half])
+    await produce_to(settings, EVENTS_BACKFILL, records[half:])
     async with GroupWatch(settings, settings.kafka_bootstrap_servers) as watch:
         before = await watch.status()
         workers.start(tmp_path / "w1")
@@ -44,6 +49,9 @@ async def test_a_working_group_is_ready_and_its_lag_is_what_it_has_not_committed
             await asyncio.sleep(0.25)
 
     assert before.lag == len(records) and not before.ready
+    assert before.lanes == [
+        t.full_name(settings.kafka_topic_prefix) for t in (EVENTS, EVENTS_BACKFILL)
+    ]
     assert status.ready and status.members == 1 and status.lag == 0, status.describe()
     assert not status.assignments_reported  # the local broker does not tell assignments
 
