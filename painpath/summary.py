@@ -10,15 +10,14 @@ import asyncpg
 
 from services.coordinator.app import BACKFILL_GROUP, TIMELINE_GROUP
 from services.coordinator.app import GROUP as COORDINATOR_GROUP
-from shared.consumer_group import CLASSIFIER_GROUP, group_status
+from shared.consumer_group import group_status
 from shared.kafka import group_lag
 from shared.settings import Settings
 from shared.topics import DETERMINATIONS, DETERMINATIONS_BACKFILL, EVENTS, EVENTS_BACKFILL
 
-# Besides the classifier group's status on pain.events.v1: what each group has not committed
-# yet of the other topics it reads (the backfill lane, the coordinator's three consumers).
+# Besides the classifier group's status (both lanes): what the coordinator's three groups have
+# not committed yet of the topics they read.
 LAGS = (
-    (CLASSIFIER_GROUP, EVENTS_BACKFILL),
     (COORDINATOR_GROUP, DETERMINATIONS),
     (BACKFILL_GROUP, DETERMINATIONS_BACKFILL),
     (TIMELINE_GROUP, EVENTS),
