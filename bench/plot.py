@@ -113,6 +113,7 @@ def _pipeline(axis, pipeline: dict) -> None:
             label = {
                 "classifier": "classifier: events not committed",
                 "coordinator": "coordinator: determinations not applied",
+                "coordinator_backfill": "coordinator: backfill determinations not applied",
                 "timeline": "coordinator: events not in the timeline",
                 "outbox": "outbox: task changes not published",
             }.get(name, name)

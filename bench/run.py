@@ -459,6 +459,16 @@ def compare(expected: dict[bytes, dict], got: dict[bytes, bytes]) -> dict:
 # --- the whole pipeline -------------------------------------------------------------------
 
 
+# What `pipeline_lags` reads of each group, in the pipeline's order, and the outbox after them.
+PIPELINE_GROUPS = (
+    ("classifier", CLASSIFIER_GROUP, (EVENTS, EVENTS_BACKFILL)),
+    ("coordinator", COORDINATOR_GROUP, (DETERMINATIONS,)),
+    ("coordinator_backfill", BACKFILL_GROUP, (DETERMINATIONS_BACKFILL,)),
+    ("timeline", TIMELINE_GROUP, (EVENTS, EVENTS_BACKFILL)),
+)
+LAG_NAMES = [*(name for name, _, _ in PIPELINE_GROUPS), "outbox"]
+
+
 async def pipeline_lags(settings: Settings, bench: Bench, database_url: str) -> dict[str, int]:
     """What is not through yet, looked at in the pipeline's order (the classifier commits an
     event once its determination is published; the coordinator a determination once its task
@@ -467,12 +477,7 @@ async def pipeline_lags(settings: Settings, bench: Bench, database_url: str) -> 
     servers = bench.bootstrap_servers
     prefix = settings.kafka_topic_prefix
     lags = {}
-    for name, group, topics in (
-        ("classifier", CLASSIFIER_GROUP, (EVENTS, EVENTS_BACKFILL)),
-        ("coordinator", COORDINATOR_GROUP, (DETERMINATIONS,)),
-        ("coordinator_backfill", BACKFILL_GROUP, (DETERMINATIONS_BACKFILL,)),
-        ("timeline", TIMELINE_GROUP, (EVENTS, EVENTS_BACKFILL)),
-    ):
+    for name, group, topics in PIPELINE_GROUPS:
         lags[name] = 0
         for topic in topics:
             lags[name] += await group_lag(settings, servers, f"{prefix}{group}", topic)
@@ -554,7 +559,7 @@ async def pipeline_run(
         "seconds_1m": one_million,
         "projected": projected,
         "stored": counts,
-        "lag_columns": ["seconds", "classified", "classifier", "coordinator", "timeline", "outbox"],
+        "lag_columns": ["seconds", "classified", *LAG_NAMES],
         "lag_samples": samples,
         "peak_rss_bytes": {service.name: service.peak_rss for service in services},
     }
