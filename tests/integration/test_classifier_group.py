@@ -9,7 +9,6 @@ import pytest
 
 from shared.consumer_group import GroupWatch, group_status
 from shared.topics import EVENTS, EVENTS_BACKFILL
-from tests.integration.test_classifier_lanes import produce as produce_to
 from tests.integration.test_classifier_stream import Workers, as_records, feed_lines, produce
 from tests.integration.test_coordinator import coordinator  # noqa: F401 (a fixture)
 
@@ -37,7 +36,7 @@ async def test_a_working_group_is_ready_and_its_lag_is_what_it_has_not_committed
     # Before any worker all of it is lag, of both lanes (partition p of each: one owner).
     half = len(records) // 2
     await produce(settings, records[:half])
-    await produce_to(settings, EVENTS_BACKFILL, records[half:])
+    await produce(settings, records[half:], EVENTS_BACKFILL)
     async with GroupWatch(settings, settings.kafka_bootstrap_servers) as watch:
         before = await watch.status()
         workers.start(tmp_path / "w1")

@@ -12,21 +12,24 @@ import asyncio
 import hashlib
 import json
 import signal
-import time
 from collections import defaultdict
 from datetime import datetime
 
 import pytest
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 
 from bench.services import as_records, relabel
 from services.classifier.offline import expected_from_records
 from services.classifier.policy import load_policy
-from services.classifier.stream import GROUP, _check_lanes_together
-from shared.kafka import group_lag
+from services.classifier.stream import _check_lanes_together
 from shared.topics import DETERMINATIONS, DETERMINATIONS_BACKFILL, EVENTS, EVENTS_BACKFILL
 from tests.conftest import read_topic
-from tests.integration.test_classifier_stream import Workers, feed_lines
+from tests.integration.test_classifier_stream import (
+    Workers,
+    feed_lines,
+    produce,
+    wait_until_consumed,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -37,28 +40,6 @@ def clock_workers(settings, endpoints):
     del running.env["CLASSIFIER_AS_OF"]  # the real clock: as_of orders a patient's decisions
     yield running
     running.stop_all()
-
-
-async def produce(settings, topic, records) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
-    await producer.start()
-    try:
-        name = topic.full_name(settings.kafka_topic_prefix)
-        for key, value in records:
-            await producer.send(name, value=value, key=key)
-        await producer.flush()
-    finally:
-        await producer.stop()
-
-
-async def wait_until_consumed(settings, timeout: float = 240) -> None:
-    """Until the classifier group has committed every offset of both lanes."""
-    group = f"{settings.kafka_topic_prefix}{GROUP}"
-    deadline = time.monotonic() + timeout
-    for topic in (EVENTS, EVENTS_BACKFILL):
-        while behind := await group_lag(settings, settings.kafka_bootstrap_servers, group, topic):
-            assert time.monotonic() < deadline, f"{behind} records of {topic.name} not consumed"
-            await asyncio.sleep(0.5)
 
 
 def split(records, backfill_patients: set[bytes], mixed_patients: set[bytes]):
@@ -98,9 +79,9 @@ async def test_a_history_split_across_both_lanes_decides_as_one(settings, clock_
     clock_workers.start(tmp_path / "w1")
     clock_workers.wait_ready()
 
-    await produce(settings, EVENTS_BACKFILL, backfill)
-    await produce(settings, EVENTS, live)
-    await wait_until_consumed(settings)
+    await produce(settings, backfill, EVENTS_BACKFILL)
+    await produce(settings, live, EVENTS)
+    await wait_until_consumed(settings, topics=(EVENTS, EVENTS_BACKFILL))
 
     on_live = await determinations(settings, DETERMINATIONS, 1)
     on_backfill = await determinations(settings, DETERMINATIONS_BACKFILL, 1)
@@ -129,18 +110,18 @@ async def test_a_live_event_is_decided_while_a_backfill_waits_behind_it(
     live = as_records(relabel(feed_lines(patients=1, seed=42), "live"))
     live_patient = live[0][0]
     assert live_patient not in {key for key, _ in backlog}
-    await produce(settings, EVENTS_BACKFILL, backlog)
+    await produce(settings, backlog, EVENTS_BACKFILL)
     port = clock_workers.start(tmp_path / "w1")
     clock_workers.wait_ready()
     while not clock_workers.metric_totals("painpath_classifier_events_total"):
         await asyncio.sleep(0.05)  # the backfill is being read
 
-    await produce(settings, EVENTS, live)
+    await produce(settings, live, EVENTS)
     await read_topic(settings, DETERMINATIONS, expected=1, timeout=60)
     read_by_then = sum(clock_workers.metric_totals("painpath_classifier_events_total").values())
     # Its determination was out before the backlog was read (one lane: it was behind it).
     assert read_by_then < len(backlog) + len(live)
-    await wait_until_consumed(settings)
+    await wait_until_consumed(settings, topics=(EVENTS, EVENTS_BACKFILL))
 
     on_live = await determinations(settings, DETERMINATIONS, 1)
     on_backfill = await determinations(settings, DETERMINATIONS_BACKFILL, 600)
@@ -160,16 +141,16 @@ async def test_a_restart_resumes_both_lanes_where_its_checkpoint_left_them(
     live, backfill = split(records, set(patients[:30]), set(patients[30:60]))
     port = clock_workers.start(tmp_path / "w1")
     clock_workers.wait_ready()
-    await produce(settings, EVENTS, live[: len(live) // 2])
-    await produce(settings, EVENTS_BACKFILL, backfill[: len(backfill) // 2])
-    await wait_until_consumed(settings)
+    await produce(settings, live[: len(live) // 2], EVENTS)
+    await produce(settings, backfill[: len(backfill) // 2], EVENTS_BACKFILL)
+    await wait_until_consumed(settings, topics=(EVENTS, EVENTS_BACKFILL))
     assert clock_workers.stop(port) in (0, -signal.SIGTERM)  # checkpoints and commits
 
     clock_workers.start(tmp_path / "w1")  # the same state directory: a restart
     clock_workers.wait_ready()
-    await produce(settings, EVENTS, live[len(live) // 2 :])
-    await produce(settings, EVENTS_BACKFILL, backfill[len(backfill) // 2 :])
-    await wait_until_consumed(settings)
+    await produce(settings, live[len(live) // 2 :], EVENTS)
+    await produce(settings, backfill[len(backfill) // 2 :], EVENTS_BACKFILL)
+    await wait_until_consumed(settings, topics=(EVENTS, EVENTS_BACKFILL))
 
     counted = clock_workers.metric_totals("painpath_classifier_events_total")
     # The restarted worker read only what came after its checkpoint, in both lanes.

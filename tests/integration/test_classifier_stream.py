@@ -30,7 +30,7 @@ from shared import dead_letter
 from shared.contract import ContractViolation, parse_event
 from shared.kafka import group_lag
 from shared.ports import free_port
-from shared.topics import DETERMINATIONS, EVENTS, EVENTS_DLQ
+from shared.topics import DETERMINATIONS, EVENTS, EVENTS_DLQ, Topic
 from tests.conftest import ARTIFACTS, read_topic, remember_patient_ids
 
 pytestmark = pytest.mark.integration
@@ -122,26 +122,31 @@ def workers(settings, endpoints, tmp_path):
     running.stop_all()
 
 
-async def produce(settings, records: list[tuple[bytes | None, bytes]]) -> None:
+async def produce(
+    settings, records: list[tuple[bytes | None, bytes]], topic: Topic = EVENTS
+) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
     await producer.start()
     try:
-        topic = EVENTS.full_name(settings.kafka_topic_prefix)
+        name = topic.full_name(settings.kafka_topic_prefix)
         for key, value in records:
-            await producer.send(topic, value=value, key=key)
+            await producer.send(name, value=value, key=key)
         await producer.flush()
     finally:
         await producer.stop()
 
 
-async def wait_until_consumed(settings, timeout: float = 240) -> None:
-    """Until the classifier group has committed every offset of the input topic."""
+async def wait_until_consumed(
+    settings, timeout: float = 240, topics: tuple[Topic, ...] = (EVENTS,)
+) -> None:
+    """Until the classifier group has committed every offset of its input topics."""
     group = f"{settings.kafka_topic_prefix}{GROUP}"
     deadline = time.monotonic() + timeout
-    while behind := await group_lag(settings, settings.kafka_bootstrap_servers, group, EVENTS):
-        assert behind > 0, "committed past the end: the end offsets are wrong"
-        assert time.monotonic() < deadline, f"{behind} events still not consumed"
-        await asyncio.sleep(0.5)
+    for topic in topics:
+        while behind := await group_lag(settings, settings.kafka_bootstrap_servers, group, topic):
+            assert behind > 0, "committed past the end: the end offsets are wrong"
+            assert time.monotonic() < deadline, f"{behind} records of {topic.name} not consumed"
+            await asyncio.sleep(0.5)
 
 
 def reference(records: list[tuple[bytes | None, bytes]]) -> tuple[dict[str, dict], int]:

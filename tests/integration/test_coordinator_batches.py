@@ -155,6 +155,19 @@ async def same_task_ids(pool) -> None:
     )
 
 
+async def batched_and_singly(service, fresh_database: str, records):
+    """The records applied by `service` in one batch, and on `fresh_database` one by one: both
+    outcomes, and the one-by-one coordinator (its pool open: the caller closes it)."""
+    await same_task_ids(service.pool)
+    batched = await service.determination_records(records)
+    one_by_one = Coordinator(
+        await asyncpg.create_pool(fresh_database), load_templates(), load_roster(), lambda: TODAY
+    )
+    await same_task_ids(one_by_one.pool)
+    singly = [(await one_by_one.determination_records([record]))[0] for record in records]
+    return batched, singly, one_by_one
+
+
 async def test_a_batch_applied_in_one_transaction_equals_its_records_applied_one_by_one(
     service, fresh_database
 ):
@@ -164,13 +177,7 @@ async def test_a_batch_applied_in_one_transaction_equals_its_records_applied_one
     patients = [d.patient_id for d in feed]
     assert len(patients) > len(set(patients)), "some patient must have several in the batch"
 
-    await same_task_ids(service.pool)
-    batched = await service.determination_records(records)
-    one_by_one = Coordinator(
-        await asyncpg.create_pool(fresh_database), load_templates(), load_roster(), lambda: TODAY
-    )
-    await same_task_ids(one_by_one.pool)
-    singly = [(await one_by_one.determination_records([record]))[0] for record in records]
+    batched, singly, one_by_one = await batched_and_singly(service, fresh_database, records)
 
     assert batched == singly == [Outcome.APPLIED] * len(records)
     # The team's capacity binds: later patients' tasks were placed around earlier ones' bookings
@@ -218,13 +225,7 @@ async def test_older_determinations_in_a_batch_give_what_they_give_one_by_one(
     SENT_PATIENT_IDS.update(d.patient_id for d in feed)
     records = [as_record(item, offset) for offset, item in enumerate(feed)]
 
-    await same_task_ids(service.pool)
-    batched = await service.determination_records(records)
-    one_by_one = Coordinator(
-        await asyncpg.create_pool(fresh_database), load_templates(), load_roster(), lambda: TODAY
-    )
-    await same_task_ids(one_by_one.pool)
-    singly = [(await one_by_one.determination_records([record]))[0] for record in records]
+    batched, singly, one_by_one = await batched_and_singly(service, fresh_database, records)
     expected = await snapshot(one_by_one.pool)
     await one_by_one.pool.close()
 
