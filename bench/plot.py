@@ -115,6 +115,7 @@ def _pipeline(axis, pipeline: dict) -> None:
                 "coordinator": "coordinator: determinations not applied",
                 "coordinator_backfill": "coordinator: backfill determinations not applied",
                 "timeline": "coordinator: events not in the timeline",
+                "timeline_backfill": "coordinator: backfill events not in the timeline",
                 "outbox": "outbox: task changes not published",
             }.get(name, name)
             axis.plot(seconds, [sample[index] for sample in samples], label=label)

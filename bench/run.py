@@ -80,7 +80,7 @@ from bench.services import (
 )
 from painpath.summary import wait_until_settled
 from services.classifier.stream import GROUP as CLASSIFIER_GROUP
-from services.coordinator.app import BACKFILL_GROUP, TIMELINE_GROUP
+from services.coordinator.app import BACKFILL_GROUP, TIMELINE_BACKFILL_GROUP, TIMELINE_GROUP
 from services.coordinator.app import GROUP as COORDINATOR_GROUP
 from shared.kafka import group_lag
 from shared.settings import Settings
@@ -464,7 +464,8 @@ PIPELINE_GROUPS = (
     ("classifier", CLASSIFIER_GROUP, (EVENTS, EVENTS_BACKFILL)),
     ("coordinator", COORDINATOR_GROUP, (DETERMINATIONS,)),
     ("coordinator_backfill", BACKFILL_GROUP, (DETERMINATIONS_BACKFILL,)),
-    ("timeline", TIMELINE_GROUP, (EVENTS, EVENTS_BACKFILL)),
+    ("timeline", TIMELINE_GROUP, (EVENTS,)),
+    ("timeline_backfill", TIMELINE_BACKFILL_GROUP, (EVENTS_BACKFILL,)),
 )
 LAG_NAMES = [*(name for name, _, _ in PIPELINE_GROUPS), "outbox"]
 
@@ -473,7 +474,7 @@ async def pipeline_lags(settings: Settings, bench: Bench, database_url: str) -> 
     """What is not through yet, looked at in the pipeline's order (the classifier commits an
     event once its determination is published; the coordinator a determination once its task
     changes are in the outbox), so that all zero means all done: records (of both lanes) the
-    classifier's group, the coordinator's three groups and the outbox relay have not finished."""
+    classifier's group, the coordinator's four groups and the outbox relay have not finished."""
     servers = bench.bootstrap_servers
     prefix = settings.kafka_topic_prefix
     lags = {}
@@ -534,7 +535,8 @@ async def pipeline_run(
                 samples.append([round(now, 2), int(processed), *lags.values()])
                 progress.update(
                     task,
-                    completed=total - max(lags["classifier"], lags["timeline"]),
+                    completed=total
+                    - max(lags["classifier"], lags["timeline"] + lags["timeline_backfill"]),
                     description="pipeline: lag {classifier}, {coordinator}, {timeline}; outbox"
                     " {outbox}".format(**lags),
                 )

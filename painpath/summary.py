@@ -8,20 +8,20 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from services.coordinator.app import BACKFILL_GROUP, TIMELINE_GROUP
+from services.coordinator.app import BACKFILL_GROUP, TIMELINE_BACKFILL_GROUP, TIMELINE_GROUP
 from services.coordinator.app import GROUP as COORDINATOR_GROUP
 from shared.consumer_group import group_status
 from shared.kafka import group_lag
 from shared.settings import Settings
 from shared.topics import DETERMINATIONS, DETERMINATIONS_BACKFILL, EVENTS, EVENTS_BACKFILL
 
-# Besides the classifier group's status (both lanes): what the coordinator's three groups have
+# Besides the classifier group's status (both lanes): what the coordinator's four groups have
 # not committed yet of the topics they read.
 LAGS = (
     (COORDINATOR_GROUP, DETERMINATIONS),
     (BACKFILL_GROUP, DETERMINATIONS_BACKFILL),
     (TIMELINE_GROUP, EVENTS),
-    (TIMELINE_GROUP, EVENTS_BACKFILL),
+    (TIMELINE_BACKFILL_GROUP, EVENTS_BACKFILL),
 )
 
 

@@ -119,6 +119,8 @@ class Settings(BaseSettings):
     coordinator_roster_file: Path | None = None
     coordinator_session_timeout_seconds: float = Field(default=10, gt=0)
     coordinator_fetch_wait_ms: int = Field(default=50, ge=0)
+    # While live determinations flow, a backfill-lane batch is cut to about this long.
+    coordinator_backfill_slice_seconds: float = Field(default=0.05, gt=0)
 
     # Every consumer: not ready when records wait but none was processed for this long
     progress_watchdog_seconds: float = Field(default=60, gt=0)

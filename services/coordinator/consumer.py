@@ -17,11 +17,13 @@ covers those offsets, or the partition's next owner finds the records applied.
 applied are committed, and `run` returns; records fetched but not yet applied are left to the
 next consumer of the partition.
 
-A consumer of the backfill lane runs `behind` a live one: it applies small batches
-(`BACKFILL_MAX_RECORDS`) and starts none while the live consumer holds records it fetched and has
-not applied yet, or is applying them (`busy`). A live batch then waits for a backfill one (for
-the planning lock, or the event loop) at most once and for one small batch: the one the backfill
-consumer began in the instant between two live batches.
+A consumer of the backfill lane runs `behind` a live one: it starts no batch while the live
+consumer holds records it fetched and has not applied yet, or is applying them (`busy`). A live
+batch then waits for a backfill one (for the planning lock, or the event loop) at most once: the
+one the backfill consumer began in the instant between two live batches. So that this wait is
+short, while the live consumer is active (it fetched records within `ACTIVE_SECONDS`) a backfill
+batch is cut to about `slice_seconds` at the cost per record its earlier batches measured; with
+no live traffic it takes its whole `max_records`.
 """
 
 from __future__ import annotations
@@ -55,8 +57,10 @@ DATABASE_DOWN = (
 
 
 MAX_RECORDS = 500  # per fetch, hence per transaction
-# Per fetch of a consumer of the backfill lane: the longest a live batch can wait behind one.
+# Per fetch of the backfill lane's determinations (each may be a new care plan to schedule).
 BACKFILL_MAX_RECORDS = 50
+# A consumer that fetched records this recently is active: a backfill behind it takes slices.
+ACTIVE_SECONDS = 1.0
 
 
 class Outcome(Enum):
@@ -85,6 +89,8 @@ class BatchConsumer:
         *,
         max_records: int = MAX_RECORDS,
         behind: BatchConsumer | None = None,
+        slice_seconds: float = 0.05,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.name = name
         self._consumer = consumer
@@ -93,6 +99,10 @@ class BatchConsumer:
         self._on_outcome = on_outcome or (lambda outcome, seconds: None)
         self._max_records = max_records
         self._behind = behind
+        self._slice_seconds = slice_seconds
+        self._clock = clock
+        self.seconds_per_record: float | None = None  # measured over this consumer's batches
+        self.last_records_at = -1e9  # when a fetch last brought records (`clock`)
         self.database_ok = True
         self.retries = 0
         self.waiting_behind = False  # records in hand, held back while `behind` is busy
@@ -144,14 +154,17 @@ class BatchConsumer:
             records = [record for items in batch.values() for record in items]
             if not records:
                 continue
+            self.last_records_at = self._clock()
             self._idle.clear()
             try:
                 if not await self._wait_behind():
                     break  # stopping: these records are left to the next consumer
+                started = self._clock()
                 try:
                     outcomes = await self._apply_batch(records)
                 except _Stopped:
                     break
+                self._measured(len(records), self._clock() - started)
                 now = time.time()
                 for record, outcome in zip(records, outcomes, strict=True):
                     partition = TopicPartition(record.topic, record.partition)
@@ -170,7 +183,7 @@ class BatchConsumer:
     async def _fetch(self) -> dict:
         """The next records, or none as soon as a stop is asked for."""
         fetch = asyncio.ensure_future(
-            self._consumer.getmany(timeout_ms=1000, max_records=self._max_records)
+            self._consumer.getmany(timeout_ms=1000, max_records=self.batch_size())
         )
         stopping = asyncio.ensure_future(self._stopping.wait())
         try:
@@ -182,6 +195,21 @@ class BatchConsumer:
         if fetch.cancelled():
             return {}
         return fetch.result()
+
+    def batch_size(self) -> int:
+        """Records to ask for next: `max_records`, or, behind an active live consumer, what
+        `slice_seconds` applies at the measured cost per record (one at least)."""
+        behind, per_record = self._behind, self.seconds_per_record
+        if behind is None or per_record is None or per_record <= 0:
+            return self._max_records
+        if self._clock() - behind.last_records_at > ACTIVE_SECONDS:
+            return self._max_records
+        return max(1, min(self._max_records, int(self._slice_seconds / per_record)))
+
+    def _measured(self, records: int, seconds: float) -> None:
+        per_record = seconds / records
+        known = self.seconds_per_record
+        self.seconds_per_record = per_record if known is None else (known + per_record) / 2
 
     async def _wait_behind(self) -> bool:
         """Wait while the consumer this one runs behind is busy; False if a stop came first."""

@@ -59,7 +59,7 @@ def test_bench_measures_every_figure_and_writes_json_and_png(tmp_path: Path):
     # every target's figure, issue 12's names among them (tests/unit/test_bench.py pins them)
     assert {target["key"] for target in result["targets"]} == {target.key for target in TARGETS}
     pipeline = result["pipeline"]
-    assert pipeline["projected"] and pipeline["lag_samples"][-1][2:] == [0] * 5
+    assert pipeline["projected"] and pipeline["lag_samples"][-1][2:] == [0] * 6
     assert pipeline["stored"]["patient_events"] > 0 and pipeline["stored"]["determinations"] > 0
     during = result["latency"]["during_backfill"]
     assert during["backfill_events"] == result["backfill_events"]

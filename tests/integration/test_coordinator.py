@@ -30,6 +30,7 @@ from shared.topics import (
     DETERMINATIONS_BACKFILL,
     EVENTS,
     EVENTS_BACKFILL,
+    Topic,
 )
 from tests.conftest import read_topic
 from tests.unit.coordinator.coordinator_samples import determination, identified
@@ -90,16 +91,19 @@ async def coordinator(settings, endpoints):
     await serving
 
 
-async def publish(settings, *determinations: Determination) -> None:
+async def publish(settings, *determinations: Determination, topic: Topic = DETERMINATIONS) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
     await producer.start()
-    for item in determinations:
-        await producer.send_and_wait(
-            DETERMINATIONS.full_name(settings.kafka_topic_prefix),
-            key=item.patient_id.encode(),
-            value=item.model_dump_json().encode(),
-        )
-    await producer.stop()
+    try:
+        for item in determinations:
+            await producer.send(
+                topic.full_name(settings.kafka_topic_prefix),
+                key=item.patient_id.encode(),
+                value=item.model_dump_json().encode(),
+            )
+        await producer.flush()
+    finally:
+        await producer.stop()
 
 
 async def tasks_of(client, patient_id: str, expect: int | None = None, role: str = "admin"):
@@ -488,6 +492,7 @@ async def test_health_readiness_and_metrics(coordinator, settings):
             "determinations": "ok",
             "events": "ok",
             "determinations_backfill": "ok",
+            "events_backfill": "ok",
             "relay": "ok",
         },
     }
@@ -498,8 +503,8 @@ async def test_health_readiness_and_metrics(coordinator, settings):
         for consumer, topic in (
             ("determinations", DETERMINATIONS),
             ("events", EVENTS),
-            ("events", EVENTS_BACKFILL),
             ("determinations_backfill", DETERMINATIONS_BACKFILL),
+            ("events_backfill", EVENTS_BACKFILL),
         )
         for partition in range(topic.partitions)
     }
@@ -517,7 +522,7 @@ async def test_health_readiness_and_metrics(coordinator, settings):
     assert lags == expected
     assert 'painpath_coordinator_tasks{state="proposed"}' in metrics
     assert "painpath_coordinator_outbox_unpublished" in metrics
-    for consumer in ("determinations", "events", "determinations_backfill"):
+    for consumer in ("determinations", "events", "determinations_backfill", "events_backfill"):
         assert f'painpath_coordinator_processing_seconds_count{{consumer="{consumer}"}}' in metrics
         assert f'painpath_coordinator_database_retries{{consumer="{consumer}"}}' in metrics
 

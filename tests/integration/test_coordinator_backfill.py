@@ -19,34 +19,20 @@ from aiokafka import AIOKafkaProducer
 
 from services.coordinator.consumer import BACKFILL_MAX_RECORDS
 from services.coordinator.store import PLANNING_LOCK
-from shared.contract import AssessmentPart, Classification, Determination, Status
+from shared.contract import AssessmentPart, Classification, Status
 from shared.contract.records import partition_of
-from shared.topics import DETERMINATIONS, DETERMINATIONS_BACKFILL, EVENTS, EVENTS_BACKFILL, Topic
+from shared.topics import DETERMINATIONS, DETERMINATIONS_BACKFILL, EVENTS, EVENTS_BACKFILL
 from tests.conftest import SENT_PATIENT_IDS
 from tests.faults.helpers import metric_totals
 from tests.integration.test_coordinator import (  # noqa: F401 - coordinator is a fixture
     auth,
     coordinator,
     decided,
+    publish,
     tasks_of,
 )
 
 pytestmark = pytest.mark.integration
-
-
-async def produce(settings, topic: Topic, *items: Determination) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
-    await producer.start()
-    try:
-        for item in items:
-            await producer.send(
-                topic.full_name(settings.kafka_topic_prefix),
-                key=item.patient_id.encode(),
-                value=item.model_dump_json().encode(),
-            )
-        await producer.flush()
-    finally:
-        await producer.stop()
 
 
 async def until(check, timeout: float = 30.0):
@@ -77,9 +63,9 @@ async def test_a_live_determination_is_applied_before_a_backfill_backlog_is_done
     await transaction.start()
     await holder.execute("SELECT pg_advisory_xact_lock($1)", PLANNING_LOCK)
     try:
-        await produce(settings, DETERMINATIONS_BACKFILL, *backlog)
+        await publish(settings, *backlog, topic=DETERMINATIONS_BACKFILL)
         await until(lambda: _at_least(lock_waiters(holder), 1))
-        await produce(settings, DETERMINATIONS, live)
+        await publish(settings, live, topic=DETERMINATIONS)
         await until(lambda: _at_least(lock_waiters(holder), 2))  # the live batch waits too
         assert await holder.fetchval("SELECT count(*) FROM determinations") == 0
     finally:
@@ -123,9 +109,11 @@ async def test_of_two_topics_the_later_instant_is_followed_whatever_arrives_last
     responding = decided(patient, Status.RESPONDING)
     responding = responding.model_copy(update={"as_of": suspected.as_of + timedelta(hours=3)})
 
-    await produce(settings, DETERMINATIONS, confirmed)  # live, newer
+    await publish(settings, confirmed, topic=DETERMINATIONS)  # live, newer
     planned = await tasks_of(coordinator, patient)
-    await produce(settings, DETERMINATIONS_BACKFILL, suspected)  # backfill, older, applied later
+    await publish(
+        settings, suspected, topic=DETERMINATIONS_BACKFILL
+    )  # backfill, older, applied later
     await until(lambda: _metric(coordinator, 'result="superseded"', 1))
     view = (await coordinator.get(f"/v1/patients/{patient}", headers=auth("admin"))).json()
     kept = await tasks_of(coordinator, patient)
@@ -139,7 +127,7 @@ async def test_of_two_topics_the_later_instant_is_followed_whatever_arrives_last
         (t["id"], t["state"], t["version"]) for t in planned
     ]
 
-    await produce(settings, DETERMINATIONS_BACKFILL, responding)  # backfill, newer: followed
+    await publish(settings, responding, topic=DETERMINATIONS_BACKFILL)  # backfill, newer: followed
     ended = await until(lambda: _all_closed(coordinator, patient))
     view = (await coordinator.get(f"/v1/patients/{patient}", headers=auth("admin"))).json()
     assert view["determination"]["determination_id"] == responding.determination_id

@@ -10,7 +10,7 @@ import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError
 
-from services.coordinator.consumer import BatchConsumer, Outcome
+from services.coordinator.consumer import MAX_RECORDS, BatchConsumer, Outcome
 from services.coordinator.service import _read_determination, _read_event
 from shared.contract import Status
 from shared.contract.records import Rejection, partition_of, read_record
@@ -342,3 +342,45 @@ def test_readiness_says_why_a_consumer_is_not_ready():
     assert BatchConsumer("d", unassigned, None, Progress(60)).readiness(0) == (
         "failing: no partitions assigned"
     )
+
+
+async def test_behind_an_active_live_consumer_a_backfill_batch_is_cut_to_its_slice():
+    now = [100.0]
+
+    def clock() -> float:
+        return now[0]
+
+    applied_sizes: list[int] = []
+
+    async def apply_backfill(records):
+        applied_sizes.append(len(records))
+        now[0] += 0.01 * len(records)  # 10 ms a record
+        return [Outcome.APPLIED] * len(records)
+
+    live = BatchConsumer("determinations", Kafka(), None, Progress(60), clock=clock)
+    backfill = BatchConsumer(
+        "determinations_backfill",
+        Kafka({TP1: [record(1, n) for n in range(50)]}),
+        apply_backfill,
+        Progress(60),
+        max_records=50,
+        behind=live,
+        slice_seconds=0.05,
+        clock=clock,
+    )
+    assert backfill.batch_size() == 50  # nothing measured yet
+    await run_until(backfill, lambda: applied_sizes)
+    assert backfill.seconds_per_record == pytest.approx(0.01)
+    assert backfill.batch_size() == 50  # the live consumer has fetched nothing
+
+    live.last_records_at = now[0] - 0.5  # live records fetched half a second ago: active
+    assert backfill.batch_size() == 5  # 50 ms at 10 ms a record
+
+    backfill._measured(1, 1.0)  # a slow batch (e.g. waiting for the planning lock)
+    assert backfill.batch_size() == 1  # one at least
+
+    now[0] += 1.0  # the live consumer quiet for over a second: whole batches again
+    assert backfill.batch_size() == 50
+    live_alone = BatchConsumer("determinations", Kafka(), None, Progress(60), clock=clock)
+    live_alone._measured(1, 1.0)
+    assert live_alone.batch_size() == MAX_RECORDS  # a consumer behind nothing is never cut
