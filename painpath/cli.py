@@ -57,8 +57,8 @@ def stack_up() -> None:
     typer.echo(f"database  {state.database_url}")
     typer.echo(f"state     {settings.painpath_state_dir.resolve()}")
     typer.echo("local gateway API key: painpath stack key")
-    if not was_running:
-        asyncio.run(create_topics(settings, state.bootstrap_servers))
+    if not was_running:  # a new, empty broker: a topic a client auto-created is made again
+        asyncio.run(create_topics(settings, state.bootstrap_servers, recreate_empty=True))
     if state.broker_lost:
         typer.echo(
             "a new broker replaced the one the database's events came through: its topics are"

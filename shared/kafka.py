@@ -8,9 +8,11 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from shared.logging import SafeMessage
+from shared.logging import SafeMessage, get_logger
 from shared.settings import Settings
 from shared.topics import ALL_TOPICS, Topic
+
+log = get_logger("shared.kafka")
 
 TOPIC_ALREADY_EXISTS = 36
 
@@ -72,38 +74,38 @@ async def create_topics(
     settings: Settings,
     bootstrap_servers: str,
     topics: tuple[Topic, ...] = ALL_TOPICS,
+    *,
+    recreate_empty: bool = False,
 ) -> list[TopicResult]:
     """Create the catalog's topics; topics that exist are checked, never changed.
 
     Safe to run any number of times. Raises KafkaSetupError when an existing topic has another
     partition count than the catalog's, since that would break co-partitioning.
+
+    `recreate_empty` (a new local broker only): a topic with another partition count that holds
+    no record is deleted and created again. A client that asked the new broker for a topic's
+    metadata before it was created had it auto-created with the broker's default (the local
+    broker's 4 partitions): the services of a `painpath run` reconnecting to a broker that
+    replaced a dead one on the same port. A topic holding records is never deleted.
     """
     admin = AIOKafkaAdminClient(**client_options(settings, bootstrap_servers))
     await admin.start()
     try:
         names = {topic.full_name(settings.kafka_topic_prefix): topic for topic in topics}
-        response = await admin.create_topics(
-            [
-                NewTopic(
-                    name,
-                    topic.partitions,
-                    settings.kafka_replication_factor,
-                    topic_configs=topic.topic_configs(),
-                )
-                for name, topic in names.items()
+        created = await _create(admin, settings, names, list(names))
+        for _ in range(5 if recreate_empty else 0):
+            wrong = [
+                name
+                for name, partitions in (await _partitions(admin, list(names))).items()
+                if partitions != names[name].partitions
             ]
-        )
-        created = set()
-        for name, code, message in (error[:3] for error in response.topic_errors):
-            if code == 0:
-                created.add(name)
-            elif code != TOPIC_ALREADY_EXISTS:
-                raise KafkaSetupError(f"creating topic {name} failed: error {code} {message}")
-        described = await admin.describe_topics(list(names))
+            if not wrong or not await _all_empty(settings, bootstrap_servers, wrong):
+                break
+            log.warning("auto_created_topics_replaced", topics=wrong)
+            await admin.delete_topics(wrong)
+            created |= await _create(admin, settings, names, wrong)
         results = []
-        for description in described:
-            name = description["topic"]
-            partitions = len(description["partitions"])
+        for name, partitions in (await _partitions(admin, list(names))).items():
             if partitions != names[name].partitions:
                 raise KafkaSetupError(
                     f"topic {name} has {partitions} partitions, the catalog says "
@@ -113,6 +115,51 @@ async def create_topics(
         return sorted(results, key=lambda result: result.name)
     finally:
         await admin.close()
+
+
+async def _create(admin, settings: Settings, names: dict[str, Topic], which: list[str]) -> set:
+    """Create `which` of the catalog's topics; the names created (those that existed left)."""
+    response = await admin.create_topics(
+        [
+            NewTopic(
+                name,
+                names[name].partitions,
+                settings.kafka_replication_factor,
+                topic_configs=names[name].topic_configs(),
+            )
+            for name in which
+        ]
+    )
+    created = set()
+    for name, code, message in (error[:3] for error in response.topic_errors):
+        if code == 0:
+            created.add(name)
+        elif code != TOPIC_ALREADY_EXISTS:
+            raise KafkaSetupError(f"creating topic {name} failed: error {code} {message}")
+    return created
+
+
+async def _partitions(admin, names: list[str]) -> dict[str, int]:
+    return {d["topic"]: len(d["partitions"]) for d in await admin.describe_topics(names)}
+
+
+async def _all_empty(settings: Settings, bootstrap_servers: str, names: list[str]) -> bool:
+    """Whether no partition of these topics ever held a record (every end offset 0)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(**client_options(settings, bootstrap_servers))
+    await consumer.start()
+    try:
+        await consumer.topics()  # the cluster's metadata
+        partitions = [
+            TopicPartition(name, p)
+            for name in names
+            for p in consumer.partitions_for_topic(name) or ()
+        ]
+        ends = await consumer.end_offsets(partitions)
+        return all(end == 0 for end in ends.values())
+    finally:
+        await consumer.stop()
 
 
 async def end_offsets(consumer, partitions: list) -> dict:
