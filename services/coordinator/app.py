@@ -74,6 +74,11 @@ class ConsumerSpec(NamedTuple):
     # `COORDINATOR_BACKFILL_SLICE_SECONDS` while that one is active (`consumer.BatchConsumer`).
     behind_live: bool
 
+    @property
+    def reads_events(self) -> bool:
+        """Events for the timeline (`event_records`), not determinations."""
+        return EVENTS in self.topics or EVENTS_BACKFILL in self.topics
+
 
 # The backfill lane's two topics have consumers of their own, behind the live determinations:
 # a backfill's timeline events (thousands a second to store) held the live determinations'
@@ -169,12 +174,12 @@ class Metrics:
         )
 
 
-def _observer(metrics: Metrics, name: str):
-    counter = metrics.determinations if name.startswith("determinations") else metrics.events
+def _observer(metrics: Metrics, spec: ConsumerSpec):
+    counter = metrics.events if spec.reads_events else metrics.determinations
 
     def observe(outcome, seconds: float) -> None:
         counter.labels(outcome.value).inc()
-        metrics.processing.labels(name).observe(seconds)
+        metrics.processing.labels(spec.name).observe(seconds)
 
     return observe
 
@@ -242,8 +247,7 @@ def create_app(
         await asyncio.gather(*(consumer.start() for consumer in kafka_consumers))
         consumers: list[BatchConsumer] = []
         for spec, kafka_consumer in zip(CONSUMERS, kafka_consumers, strict=True):
-            events = EVENTS in spec.topics or EVENTS_BACKFILL in spec.topics
-            if events:
+            if spec.reads_events:
                 # The cluster's metadata: each input's partition count, for the co-partitioning
                 # check of each event topic.
                 await kafka_consumer.topics()
@@ -256,9 +260,11 @@ def create_app(
                 BatchConsumer(
                     spec.name,
                     kafka_consumer,
-                    coordinator.event_records if events else coordinator.determination_records,
+                    coordinator.event_records
+                    if spec.reads_events
+                    else coordinator.determination_records,
                     Progress(settings.progress_watchdog_seconds),
-                    _observer(metrics, spec.name),
+                    _observer(metrics, spec),
                     max_records=spec.max_records,
                     behind=consumers[0] if spec.behind_live else None,
                     slice_seconds=settings.coordinator_backfill_slice_seconds,

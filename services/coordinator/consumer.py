@@ -181,20 +181,24 @@ class BatchConsumer:
         log.info("consumer_stopped", consumer=self.name)
 
     async def _fetch(self) -> dict:
-        """The next records, or none as soon as a stop is asked for."""
-        fetch = asyncio.ensure_future(
+        """The next records, or none as soon as a stop is asked for (records fetched meanwhile
+        are left to the next consumer)."""
+        fetch = await self._unless_stopping(
             self._consumer.getmany(timeout_ms=1000, max_records=self.batch_size())
         )
+        return {} if fetch is None else fetch.result()
+
+    async def _unless_stopping(self, awaitable) -> asyncio.Future | None:
+        """`awaitable`, done; or None, and it cancelled, when a stop is asked for first."""
+        work = asyncio.ensure_future(awaitable)
         stopping = asyncio.ensure_future(self._stopping.wait())
         try:
-            await asyncio.wait((fetch, stopping), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((work, stopping), return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopping.cancel()
-            fetch.cancel()  # records it fetched meanwhile are left to the next consumer
-            await asyncio.gather(fetch, stopping, return_exceptions=True)
-        if fetch.cancelled():
-            return {}
-        return fetch.result()
+            work.cancel()
+            await asyncio.gather(work, stopping, return_exceptions=True)
+        return None if work.cancelled() else work
 
     def batch_size(self) -> int:
         """Records to ask for next: `max_records`, or, behind an active live consumer, what
@@ -219,14 +223,7 @@ class BatchConsumer:
         self.waiting_behind = True
         try:
             while behind.busy and not self._stopping.is_set():
-                idle = asyncio.ensure_future(behind._idle.wait())
-                stopping = asyncio.ensure_future(self._stopping.wait())
-                try:
-                    await asyncio.wait((idle, stopping), return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    idle.cancel()
-                    stopping.cancel()
-                    await asyncio.gather(idle, stopping, return_exceptions=True)
+                await self._unless_stopping(behind._idle.wait())
         finally:
             self.waiting_behind = False
         return not self._stopping.is_set()
