@@ -64,20 +64,44 @@ def encode_state(state: PatientState) -> bytes:
     return head + zlib.compress(_SEPARATOR.join(fields).encode(), 1)
 
 
-def decode_state(document: bytes) -> PatientState:
+@dataclass(frozen=True)
+class StateHead:
+    """What a patient state's head says, read without decompressing its events."""
+
+    published: str | None
+    dirty: bool
+    quarantined: bool
+    body_at: int  # where the compressed events begin
+
+
+def state_head(document: bytes) -> StateHead:
     if len(document) < 3 or document[0] not in (STATE_FORMAT, FORMAT):
         raise ChangelogError("unknown patient state format")
     flags, length = document[1], document[2]
     published = document[3 : 3 + length].decode() or None
-    body = zlib.decompress(document[3 + length :])
+    return StateHead(published, bool(flags & _DIRTY), bool(flags & _QUARANTINED), 3 + length)
+
+
+def decode_events(document: bytes) -> dict[str, str]:
+    """A patient state's events (key -> text, in order)."""
+    return _events(document, state_head(document).body_at)
+
+
+def _events(document: bytes, body_at: int) -> dict[str, str]:
+    body = zlib.decompress(document[body_at:])
     if document[0] == FORMAT:
-        events = _length_prefixed(body)
-    elif body:
-        fields = iter(body.decode().split(_SEPARATOR))
-        events = dict(zip(fields, fields, strict=True))
-    else:
-        events = {}
-    return PatientState(events, published, bool(flags & _DIRTY), bool(flags & _QUARANTINED))
+        return _length_prefixed(body)
+    if not body:
+        return {}
+    fields = iter(body.decode().split(_SEPARATOR))
+    return dict(zip(fields, fields, strict=True))
+
+
+def decode_state(document: bytes) -> PatientState:
+    head = state_head(document)
+    return PatientState(
+        _events(document, head.body_at), head.published, head.dirty, head.quarantined
+    )
 
 
 def _length_prefixed(body: bytes) -> dict[str, str]:

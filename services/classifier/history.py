@@ -14,7 +14,7 @@ classify` keeps them (`keeping_parsed`), since it decides every patient once, at
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from enum import Enum
 
 from shared.contract import Event, content, json_text, parse_event
@@ -36,17 +36,52 @@ def _canonical(text: str) -> str:
     return content(json_text.decode(text))
 
 
-@dataclass
 class PatientHistory:
-    raw: dict[str, str] = field(default_factory=dict)  # (source, id) key -> original JSON text
-    published: str | None = None  # the determination id last published for this patient
-    # Parsed events beside the texts, or None (the texts only: parsed again on use).
-    _parsed: list[Event] | None = None
+    """One patient's admitted events (their texts), the determination id last published, and
+    maybe the parsed events.
+
+    A history restored from a checkpoint may come as a `load` function instead of its texts (the
+    local store's compressed document, not decoded yet): most patients of a partition that moves
+    get no event soon, so a new owner is ready once it has read the documents, and each one is
+    decoded on its first use (and costs its compressed size until then, about a fifth)."""
+
+    __slots__ = ("_raw", "_load", "published", "_parsed")
+
+    def __init__(
+        self,
+        raw: dict[str, str] | None = None,
+        published: str | None = None,
+        *,
+        load: Callable[[], dict[str, str]] | None = None,
+        _parsed: list[Event] | None = None,
+    ):
+        self._raw = raw if raw is not None or load is not None else {}
+        self._load = load if raw is None else None
+        self.published = published  # the determination id last published for this patient
+        # Parsed events beside the texts, or None (the texts only: parsed again on use).
+        self._parsed = _parsed
 
     @classmethod
     def keeping_parsed(cls) -> PatientHistory:
         """A history that keeps the parsed events of what it admits beside their texts."""
         return cls(_parsed=[])
+
+    @property
+    def raw(self) -> dict[str, str]:
+        """(source, id) key -> original JSON text, in arrival order."""
+        if self._raw is None:
+            assert self._load is not None
+            self._raw, self._load = self._load(), None
+        return self._raw
+
+    @raw.setter
+    def raw(self, value: dict[str, str]) -> None:
+        self._raw, self._load = value, None
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the texts are decoded (a restored history is decoded on first use)."""
+        return self._raw is not None
 
     def admit(self, event: Event, text: str) -> Admission:
         key = _key(event)

@@ -7,9 +7,11 @@ For each partition, all read at once by one reader outside the group:
    that very marker (its `checkpoint_id`): otherwise the store belongs to another changelog (a
    rebuilt broker, a re-created topic) and is cleared.
 2. **The changelog** from there to its end (the fetch's high-water mark: the local broker's
-   ListOffsets is short, see `shared.kafka.end_offsets`): the whole changelog for a worker
-   that never held the partition, usually nothing for one that restarts. The latest record of
-   each patient wins. What was read is written to the local store.
+   ListOffsets is short, see `shared.kafka.end_offsets`; the ends of the changelog and of both
+   determinations topics are taken once, together, when the restore begins): the whole
+   changelog for a worker that never held the partition, usually nothing for one that
+   restarts. The latest record of each patient wins. What was read is written to the local
+   store. Each patient's events stay compressed until its history is first used.
 3. **The determinations** published after the last checkpoint (from its marker's offset): what
    a worker published and then died before checkpointing is known, so it is not published again.
 4. **Who is decided again**: the patients that waited for a decision or were set aside at the
@@ -30,11 +32,18 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from services.classifier.changelog import ChangelogError, ChangelogReader, Marker, decode_state
+from services.classifier.changelog import (
+    ChangelogError,
+    ChangelogReader,
+    Marker,
+    decode_events,
+    state_head,
+)
 from services.classifier.history import PatientHistory
 from services.classifier.partition import LANES, Offsets, PartitionState
 from services.classifier.store import LocalStore, Meta
@@ -63,18 +72,16 @@ class Restored:
 
 
 async def read_partitions(
-    reader: AIOKafkaConsumer, topic: str, starts: dict[int, int]
+    reader: AIOKafkaConsumer, topic: str, starts: dict[int, int], end: dict[TopicPartition, int]
 ) -> AsyncIterator[tuple[int, int, bytes, bytes]]:
     """(partition, offset, key, value) of `topic`'s records from each partition's start offset to
-    its end at the time of the call (the fetch's high-water mark), in order within a partition.
-    `reader` is outside any group; its assignment is replaced."""
+    its `end` offset (`shared.kafka.end_offsets`), in order within a partition. `reader` is
+    outside any group; its assignment is replaced."""
     tps = {TopicPartition(topic, partition): start for partition, start in starts.items()}
-    end = await end_offsets(reader, list(tps))
-    reading = []
-    for tp, start in tps.items():
-        if start < end[tp]:
-            reader.seek(tp, start)
-            reading.append(tp)
+    reading = [tp for tp, start in tps.items() if start < end[tp]]
+    reader.assign(reading)
+    for tp in reading:
+        reader.seek(tp, tps[tp])
     while reading:
         batches = await reader.getmany(*reading, timeout_ms=500, max_records=10_000)
         for tp, records in batches.items():
@@ -99,21 +106,30 @@ async def restore(
     """Each partition of `committed` (its group offsets, per lane) rebuilt; see the module's
     docstring."""
     metas: dict[int, Meta | None] = {p: stores[p].meta() for p in committed}
-    tails = await _read_changelog(reader, changelog_topic, metas)
+    # Every topic's end at once: one ListOffsets and one fetch, not one of each per topic.
+    end = await end_offsets(
+        reader,
+        [
+            TopicPartition(topic, partition)
+            for topic in (changelog_topic, *determinations_topics.values())
+            for partition in committed
+        ],
+    )
+    tails = await _read_changelog(reader, changelog_topic, metas, end)
     stale = [p for p, tail in tails.items() if tail is None]
     for partition in stale:
         log.warning("local_store_not_of_this_changelog", partition=partition)
         stores[partition].clear()
         metas[partition] = None
     if stale:
-        tails |= await _read_changelog(reader, changelog_topic, dict.fromkeys(stale))
+        tails |= await _read_changelog(reader, changelog_topic, dict.fromkeys(stale), end)
     results: dict[int, Restored] = {}
     for partition, tail in tails.items():
         assert tail is not None  # a store without a checkpoint cannot be stale
         results[partition] = await _rebuild(
             stores[partition], metas[partition], tail, committed[partition]
         )
-    await _read_determinations(reader, determinations_topics, results)
+    await _read_determinations(reader, determinations_topics, results, end)
     for restored in results.values():
         marker = restored.marker
         restored.reevaluate_all = (
@@ -128,7 +144,10 @@ async def restore(
 
 
 async def _read_determinations(
-    reader: AIOKafkaConsumer, topics: dict[str, str], results: dict[int, Restored]
+    reader: AIOKafkaConsumer,
+    topics: dict[str, str],
+    results: dict[int, Restored],
+    end: dict[TopicPartition, int],
 ) -> None:
     """What was published since the checkpoint, on each lane's determinations topic: each
     patient's last one (of both lanes, the one as of the later instant) is its published one.
@@ -139,7 +158,7 @@ async def _read_determinations(
     for lane, topic in topics.items():
         last[lane] = of_lane = {p: {} for p in results}
         starts = {p: r.determinations_offset.get(lane, 0) for p, r in results.items()}
-        async for partition, offset, key, value in read_partitions(reader, topic, starts):
+        async for partition, offset, key, value in read_partitions(reader, topic, starts, end):
             restored = results[partition]
             restored.determinations_offset[lane] = offset + 1
             restored.counts["determinations"] = restored.counts.get("determinations", 0) + 1
@@ -172,13 +191,16 @@ def _instant(value: object) -> datetime:
 
 
 async def _read_changelog(
-    reader: AIOKafkaConsumer, topic: str, metas: dict[int, Meta | None]
+    reader: AIOKafkaConsumer,
+    topic: str,
+    metas: dict[int, Meta | None],
+    end: dict[TopicPartition, int],
 ) -> dict[int, ChangelogReader | None]:
     """Each partition's changelog from its store's checkpoint (None: the store is stale)."""
     starts = {p: meta.changelog_offset - 1 if meta else 0 for p, meta in metas.items()}
     tails: dict[int, ChangelogReader | None] = {p: ChangelogReader() for p in metas}
     checked = {p: meta is None for p, meta in metas.items()}
-    async for partition, offset, key, value in read_partitions(reader, topic, starts):
+    async for partition, offset, key, value in read_partitions(reader, topic, starts, end):
         tail = tails[partition]
         if tail is None:
             continue
@@ -227,10 +249,10 @@ async def _rebuild(
     slices = TimeSlice()
     for key, document in documents.items():
         await slices.pause()
-        state = decode_state(document)
-        history = PatientHistory(raw=state.events, published=state.published)
+        head = state_head(document)  # the events are decoded on the history's first use
+        history = PatientHistory(published=head.published, load=partial(decode_events, document))
         restored.patients[key] = history
-        if state.dirty or state.quarantined:
+        if head.dirty or head.quarantined:
             restored.flagged.add(key)
     restored.dirty = set(restored.flagged)
     return restored

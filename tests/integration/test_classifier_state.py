@@ -74,13 +74,17 @@ async def write_changelog(settings, checkpoints: list[dict[bytes, PatientState]]
 
 
 async def ends(settings) -> tuple[int, int]:
-    """The changelog partition's end as ListOffsets says, and as a fetch's high-water mark."""
+    """The changelog partition's end as ListOffsets says, and as a fetch's high-water mark (read
+    in one call with an empty partition's, which must stay 0)."""
     reader = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers)
     await reader.start()
     try:
-        tp = TopicPartition(CLASSIFIER_CHANGELOG.full_name(settings.kafka_topic_prefix), PARTITION)
+        topic = CLASSIFIER_CHANGELOG.full_name(settings.kafka_topic_prefix)
+        tp, empty = TopicPartition(topic, PARTITION), TopicPartition(topic, PARTITION + 1)
         listed = (await reader.end_offsets([tp]))[tp]
-        return listed, (await end_offsets(reader, [tp]))[tp]
+        found = await end_offsets(reader, [tp, empty])
+        assert found[empty] == 0
+        return listed, found[tp]
     finally:
         await reader.stop()
 

@@ -14,10 +14,13 @@ from services.classifier.changelog import (
     ChangelogReader,
     Marker,
     PatientState,
+    decode_events,
     decode_state,
     encode_state,
     patient_records,
+    state_head,
 )
+from services.classifier.history import PatientHistory
 from services.classifier.partition import offsets
 from services.classifier.store import LocalStore, Meta
 from shared.contract import ContractViolation, parse_event
@@ -55,6 +58,33 @@ def test_a_patient_state_keeps_every_text_byte_for_byte_and_in_order():
 def test_flags_and_no_publication_survive_the_round_trip():
     state = PatientState({}, None, dirty=False, quarantined=True)
     assert decode_state(encode_state(state)) == state
+
+
+def test_a_state_head_is_read_without_its_events_and_they_are_decoded_on_first_use():
+    document = encode_state(STATE)
+    head = state_head(document)
+    assert (head.published, head.dirty, head.quarantined) == (STATE.published, True, False)
+    calls = []
+
+    def load():
+        calls.append(1)
+        return decode_events(document)
+
+    history = PatientHistory(published=head.published, load=load)
+    assert not history.loaded and calls == []  # a restored patient costs its document only
+    assert history.raw == STATE.events and list(history.raw) == list(STATE.events)
+    assert history.loaded and history.raw is history.raw and calls == [1]  # decoded once
+
+
+def test_a_history_given_its_texts_has_no_loader_to_call():
+    history = PatientHistory(raw={"k": "{}"}, load=lambda: pytest.fail("not to be called"))
+    assert history.loaded and history.raw == {"k": "{}"}
+    assert PatientHistory().raw == {} and PatientHistory().loaded
+
+
+def test_an_unknown_state_head_is_refused():
+    with pytest.raises(ChangelogError):
+        state_head(b"\x09" + encode_state(STATE)[1:])
 
 
 def test_the_state_is_compressed():
