@@ -89,6 +89,8 @@ from shared.topics import DETERMINATIONS, DETERMINATIONS_BACKFILL, EVENTS, EVENT
 EVENTS_PER_PATIENT = 67  # what the simulator averages (README)
 AS_OF = "2026-06-30T00:00:00+00:00"  # the simulated feeds end before it; classifiers decide at it
 RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = RESULTS.parent.parent
+PHASES = ("classifier", "pipeline", "gateway", "latency")  # --phases: "classifier" has the ceiling
 # Tansu keeps every topic in memory: per backfill event and classifier run, the event itself,
 # its copy in the classifier's history topic and a share of the determinations (an estimate,
 # checked against the broker's measured peak RSS in the results).
@@ -956,8 +958,9 @@ async def run(args: argparse.Namespace, console: Console) -> dict:
                     result["errors"].append(f"{name}: {type(error).__name__}: {error}")
                     console.print(f"[red]{name} failed: {error}[/red]")
 
+            wanted = set(args.phases)
             runs: dict[int, dict] = {}
-            for workers in (1, 2):
+            for workers in (1, 2) if "classifier" in wanted else ():
                 await phase(
                     f"classifier_{workers}",
                     lambda workers=workers: classifier_run(
@@ -969,39 +972,42 @@ async def run(args: argparse.Namespace, console: Console) -> dict:
                     ),
                 )
                 runs[workers] = result.get(f"classifier_{workers}", {})
-            if runs[1].get("topic_prefix"):
+            if runs.get(1, {}).get("topic_prefix"):
                 await phase(
                     "ceiling",
                     lambda: ceiling(
                         bench, EVENTS.full_name(runs[1]["topic_prefix"]), len(backfill), progress
                     ),
                 )
-            await phase(
-                "pipeline",
-                lambda: pipeline_run(bench, backfill, args.latency_classifiers, progress),
-            )
-            await phase(
-                "gateway",
-                lambda: gateway_run(
-                    bench, gateway_lines, args.gateway_batch, args.gateway_concurrency, progress
-                ),
-            )
-            await phase(
-                "latency",
-                lambda: latency_run(
-                    bench,
-                    latency_lines,
-                    args.latency_rate,
-                    args.latency_seconds,
-                    args.latency_batch,
-                    args.latency_classifiers,
-                    progress,
-                    # the backfill again, as other patients and events than the classifier runs'
-                    backfill=lambda: as_records(
-                        relabel([value.decode() for _, value in backfill], "bf-")
+            if "pipeline" in wanted:
+                await phase(
+                    "pipeline",
+                    lambda: pipeline_run(bench, backfill, args.latency_classifiers, progress),
+                )
+            if "gateway" in wanted:
+                await phase(
+                    "gateway",
+                    lambda: gateway_run(
+                        bench, gateway_lines, args.gateway_batch, args.gateway_concurrency, progress
                     ),
-                ),
-            )
+                )
+            if "latency" in wanted:
+                await phase(
+                    "latency",
+                    lambda: latency_run(
+                        bench,
+                        latency_lines,
+                        args.latency_rate,
+                        args.latency_seconds,
+                        args.latency_batch,
+                        args.latency_classifiers,
+                        progress,
+                        # the backfill again, as other patients and events than the classifier runs'
+                        backfill=lambda: as_records(
+                            relabel([value.decode() for _, value in backfill], "bf-")
+                        ),
+                    ),
+                )
             task = progress.add_task("offline reference and comparison", total=2)
             expected, dead_letters = reference(backfill)
             progress.advance(task)
@@ -1033,7 +1039,9 @@ async def run(args: argparse.Namespace, console: Console) -> dict:
     result["errors"] += [
         f"{target['key']}: not measured (see the errors above)"
         for target in result["targets"]
-        if target["value"] is None and not any(target["key"] in e for e in result["errors"])
+        if target["value"] is None
+        and args.phases == list(PHASES)  # a partial run leaves the other phases' out
+        and not any(target["key"] in e for e in result["errors"])
     ]
     return result
 
@@ -1087,15 +1095,19 @@ def figures_of(result: dict) -> dict:
 
 
 def previous_results(results_dir: Path, stamp: str) -> tuple[str, dict] | None:
-    """The newest other results file of `results_dir` (by its name, a UTC timestamp) and its
-    figures, or None when there is none."""
+    """The newest other full run's results file of `results_dir` (by its name, a UTC timestamp;
+    for `partial/`, of the folder above it) and its figures, or None when there is none."""
+    if results_dir.name == "partial":
+        results_dir = results_dir.parent
     older = sorted(path for path in results_dir.glob("*.json") if path.stem != stamp)
     for path in reversed(older):
         try:
-            figures = json.loads(path.read_text()).get("figures")
+            body = json.loads(path.read_text())
+            figures = body.get("figures")
+            phases = body.get("parameters", {}).get("phases", list(PHASES))
         except (OSError, ValueError, AttributeError):
             continue
-        if isinstance(figures, dict):
+        if isinstance(figures, dict) and phases == list(PHASES):
             return path.stem, figures
     return None
 
@@ -1173,7 +1185,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=20,
         help="py-spy the one-worker classifier for this long (0: no profile)",
     )
-    parser.add_argument("--results-dir", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--phases",
+        nargs="+",
+        choices=PHASES,
+        default=list(PHASES),
+        help="run only these phases (a partial run: its results go to bench/results/partial/,"
+        " compared with the last full run)",
+    )
+    parser.add_argument(
+        "--results-dir", type=Path, default=None, help=f"default: {RESULTS.relative_to(ROOT)}"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the run's folder and logs")
     parser.add_argument(
         "--force", action="store_true", help="run even when the broker may run out of memory"
@@ -1181,6 +1203,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.gateway_events is None:
         args.gateway_events = min(args.events, 100_000)
+    args.phases = [phase for phase in PHASES if phase in args.phases]  # in the run's order
+    if args.results_dir is None:
+        args.results_dir = RESULTS if args.phases == list(PHASES) else RESULTS / "partial"
     return args
 
 

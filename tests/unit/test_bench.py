@@ -25,6 +25,8 @@ from bench.measure import (
     windowed_rates,
 )
 from bench.run import (
+    PHASES,
+    RESULTS,
     broker_memory_needed,
     figures_of,
     main,
@@ -305,6 +307,21 @@ def test_the_previous_results_file_is_the_newest_other_one(tmp_path):
         "20260102T000000Z",
         {"e2e_p99_ms": 80.0},
     )
+
+
+def test_a_partial_run_is_kept_apart_and_compared_with_the_last_full_run(tmp_path):
+    full = {"parameters": {"phases": list(PHASES)}, "figures": {"e2e_p99_ms": 80.0}}
+    partial = {"parameters": {"phases": ["latency"]}, "figures": {"e2e_p99_ms": 70.0}}
+    (tmp_path / "20260101T000000Z.json").write_text(json.dumps(full))
+    (tmp_path / "partial").mkdir()
+    (tmp_path / "partial" / "20260102T000000Z.json").write_text(json.dumps(partial))
+    (tmp_path / "20260102T000000Z.json").write_text(json.dumps(partial))  # misplaced: skipped
+    expected = ("20260101T000000Z", {"e2e_p99_ms": 80.0})
+    assert previous_results(tmp_path / "partial", "20260103T000000Z") == expected
+    assert previous_results(tmp_path, "20260103T000000Z") == expected
+    args = parse_args(["--phases", "latency", "classifier"])
+    assert args.phases == ["classifier", "latency"] and args.results_dir.name == "partial"
+    assert parse_args([]).results_dir == RESULTS and parse_args([]).phases == list(PHASES)
 
 
 def test_each_figure_is_shown_beside_the_previous_files():
