@@ -167,21 +167,28 @@ async def end_offsets(consumer, partitions: list) -> dict:
 
     The local broker (Tansu 0.6) answers ListOffsets with the last *batch*'s base offset + 1,
     short of the true end when that batch holds several records; the high watermark of a fetch
-    is right. So the last batch is fetched once and its high watermark taken; a partition listed
-    at 0 has no batch at all and is not fetched (a fetch of an empty partition is answered only
-    when its wait runs out). `consumer` must not be subscribed: its assignment is replaced.
+    is right. So the last batch is fetched once and its high watermark taken, waiting only for
+    partitions that hold a batch (a partition listed at 0 has none, and a fetch of an empty
+    partition is answered only when its wait runs out). When none holds one, `consumer` is not
+    touched; otherwise it (never a subscribed one) is left assigned `partitions`, at positions
+    the caller must reset.
     """
     listed = await consumer.end_offsets(partitions)
     held = [partition for partition in partitions if listed[partition] > 0]
-    consumer.assign(held)
-    for partition in held:
-        consumer.seek(partition, listed[partition] - 1)
+    if not held:
+        return dict(listed)
+    if consumer.assignment() != set(partitions):
+        # Not re-assigned when it is already: an assignment changed just before the consumer
+        # stops can leave aiokafka's fetcher swallowing its cancellation, and `stop()` waiting
+        # for ever.
+        consumer.assign(partitions)
+    for partition in partitions:
+        consumer.seek(partition, max(0, listed[partition] - 1))
     for _ in range(50):
         if all(consumer.highwater(partition) is not None for partition in held):
             break
         await consumer.getmany(*held, timeout_ms=100)
-    found = {partition: consumer.highwater(partition) or 0 for partition in held}
-    return {p: max(listed[p], found.get(p, 0)) for p in partitions}
+    return {p: max(listed[p], consumer.highwater(p) or 0) for p in partitions}
 
 
 async def group_lag(settings: Settings, bootstrap_servers: str, group: str, topic: Topic) -> int:
