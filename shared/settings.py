@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     # A record read within this long of its broker timestamp is live: its patient is decided at
     # once, even while a backlog waits for its pass (0: every record waits with the backlog).
     classifier_live_seconds: float = Field(default=1, ge=0)
+    # While such fresh records arrive, backlog work (backfill-lane batches, decision passes)
+    # takes at most this share of a worker's CPU; the rest is left to the live path (1: no limit).
+    classifier_backlog_share: float = Field(default=0.5, gt=0, le=1)
     # The local store, a RocksDB folder per partition (default $PAINPATH_STATE_DIR/classifier-state)
     classifier_state_dir: Path | None = None
     # A checkpoint once every waiting patient is decided, at most this often ...
@@ -121,6 +124,8 @@ class Settings(BaseSettings):
     coordinator_fetch_wait_ms: int = Field(default=50, ge=0)
     # While live determinations flow, a backfill-lane batch is cut to about this long.
     coordinator_backfill_slice_seconds: float = Field(default=0.05, gt=0)
+    # ... and a backfill consumer then waits, so that it takes at most this share of the time.
+    coordinator_backlog_share: float = Field(default=0.5, gt=0, le=1)
 
     # Every consumer: not ready when records wait but none was processed for this long
     progress_watchdog_seconds: float = Field(default=60, gt=0)

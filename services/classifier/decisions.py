@@ -75,6 +75,39 @@ def decision_due(waited: float, delay: float, expected_pass_seconds: float) -> b
     return waited >= max(delay, DECISION_SHARE * expected_pass_seconds)
 
 
+class BacklogShare:
+    """While fresh events arrive (records read within `CLASSIFIER_LIVE_SECONDS` of their broker
+    timestamp, seen in the last `FRESH_WINDOW` seconds), backlog work (backfill-lane batches and
+    decision-pass slices) takes at most `share` of the worker's CPU: after a loop that did some,
+    the worker takes live records only, for as long as keeps the share, and decides them at once.
+    What it leaves idle goes to the live path of every service on the machine (the broker, the
+    coordinator, the gateway, the other workers); the backlog goes on as soon as the live traffic
+    stops. `share` 1: no limit."""
+
+    FRESH_WINDOW = 1.0
+
+    def __init__(self, share: float):
+        self.share = share
+        self._fresh_at = float("-inf")
+        self._idle_until = 0.0
+
+    def fresh(self, now: float) -> None:
+        self._fresh_at = now
+
+    def spent(self, cpu_seconds: float, now: float) -> float:
+        """A loop spent `cpu_seconds` on backlog work: the seconds left idle for it (0 when no
+        fresh event was seen lately)."""
+        if self.share >= 1 or now - self._fresh_at > self.FRESH_WINDOW:
+            return 0.0
+        idle = cpu_seconds * (1 - self.share) / self.share
+        self._idle_until = max(self._idle_until, now + idle)
+        return idle
+
+    def idle_for(self, now: float) -> float:
+        """Seconds left in which backlog work waits (live records are taken meanwhile)."""
+        return max(0.0, self._idle_until - now)
+
+
 SetAside = Callable[[bytes, int, PartitionState, PatientHistory, Exception, datetime], None]
 
 

@@ -12,6 +12,11 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.loop = LoopStalls(self.registry, "painpath_classifier")
+        self.backlog_idle = Counter(
+            "painpath_classifier_backlog_idle_seconds",
+            "Seconds backlog work waited while fresh events arrived (CLASSIFIER_BACKLOG_SHARE)",
+            registry=self.registry,
+        )
         self.events = Counter(
             "painpath_classifier_events",
             "Input records, by outcome",

@@ -48,6 +48,7 @@ from services.classifier import dead_letters
 from services.classifier.checkpoint import changes, checkpoint_due, write_checkpoint
 from services.classifier.decisions import (
     CAUGHT_UP_RECORDS,
+    BacklogShare,
     Decided,
     Dirty,
     PassCost,
@@ -137,6 +138,7 @@ class Classifier:
         # at a time (CLASSIFIER_DECISION_SLICE_SECONDS), so that live events wait for a slice
         # of it at most, never for a whole pass over a backfill's patients.
         self.passing: deque[bytes] = deque()
+        self.backlog_share = BacklogShare(settings.classifier_backlog_share)
         self._dirty_events_at: tuple[float, int] = (-1e9, 0)  # (when counted, events)
         self.restoring = False
         self.parsed = ParsedCache(settings.classifier_cache_events)
@@ -234,6 +236,7 @@ class Classifier:
         reevaluate_at = time.monotonic() + self.settings.classifier_reevaluate_seconds
         max_batch = self.settings.classifier_max_batch
         while not self._stopping:
+            cpu = time.thread_time()
             try:
                 batches = await self._fetch(max_batch)
             except asyncio.CancelledError:
@@ -261,13 +264,20 @@ class Classifier:
                     gc.freeze()
                 # Live events' patients first: they wait for no backlog and no pass.
                 decided = await self._decide_dirty(only=self.live) if self.live else []
-                if self.passing or self._should_decide():
+                backlog = any(tp.topic == self.backfill_topic for tp in batches)
+                if not self.backlog_share.idle_for(time.monotonic()) and (
+                    self.passing or self._should_decide()
+                ):
                     decided += await self._decide_slice()
+                    backlog = True
                 self.metrics.dirty.set(len(self.dirty) + len(decided))
                 delivered = await self._deliver(decided)
                 if delivered and self._checkpoint_due() and await self._checkpoint():
                     await self._commit(self._offsets(decided_only=True))
                 self.metrics.dirty.set(len(self.dirty))
+                if backlog:
+                    spent = time.thread_time() - cpu
+                    self.metrics.backlog_idle.inc(self.backlog_share.spent(spent, time.monotonic()))
 
     async def _fetch(self, max_batch: int) -> dict[TopicPartition, list]:
         """The live lane first: what it has fetched (up to `max_batch`); then, when it has little,
@@ -277,6 +287,11 @@ class Classifier:
         assigned = self.consumer.assignment()
         live = [tp for tp in assigned if tp.topic == self.events_topic]
         backfill = [tp for tp in assigned if tp.topic == self.backfill_topic]
+        idle = self.backlog_share.idle_for(time.monotonic())
+        if idle and live:  # fresh events arrive: the backlog waits its turn, live records not
+            return await self.consumer.getmany(
+                *live, timeout_ms=max(1, round(idle * 1000)), max_records=max_batch
+            )
         slice_records = self.settings.classifier_backfill_batch
         batches = await self.consumer.getmany(*live, max_records=max_batch) if live else {}
         room = slice_records - sum(len(records) for records in batches.values())
@@ -341,6 +356,7 @@ class Classifier:
             self._mark_dirty(record.key, partition, parent, record.timestamp, lane)
             if lane == LIVE and self._is_live(record.timestamp):
                 self.live.add(record.key)
+                self.backlog_share.fresh(time.monotonic())
         return admission
 
     def _is_live(self, timestamp_ms: int | None) -> bool:

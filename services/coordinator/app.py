@@ -268,6 +268,7 @@ def create_app(
                     max_records=spec.max_records,
                     behind=consumers[0] if spec.behind_live else None,
                     slice_seconds=settings.coordinator_backfill_slice_seconds,
+                    backlog_share=settings.coordinator_backlog_share,
                 )
             )
         relay = OutboxRelay(

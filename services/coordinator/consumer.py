@@ -22,8 +22,10 @@ consumer holds records it fetched and has not applied yet, or is applying them (
 batch then waits for a backfill one (for the planning lock, or the event loop) at most once: the
 one the backfill consumer began in the instant between two live batches. So that this wait is
 short, while the live consumer is active (it fetched records within `ACTIVE_SECONDS`) a backfill
-batch is cut to about `slice_seconds` at the cost per record its earlier batches measured; with
-no live traffic it takes its whole `max_records`.
+batch is cut to about `slice_seconds` at the cost per record its earlier batches measured, and
+after each one it waits as long as keeps its time to `backlog_share` of the whole (half: as
+long again), leaving the machine's CPU (the database's included) to the live path; with no live
+traffic it takes its whole `max_records`, at once.
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ class BatchConsumer:
         max_records: int = MAX_RECORDS,
         behind: BatchConsumer | None = None,
         slice_seconds: float = 0.05,
+        backlog_share: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.name = name
@@ -100,6 +103,7 @@ class BatchConsumer:
         self._max_records = max_records
         self._behind = behind
         self._slice_seconds = slice_seconds
+        self._backlog_share = backlog_share
         self._clock = clock
         self.seconds_per_record: float | None = None  # measured over this consumer's batches
         self.last_records_at = -1e9  # when a fetch last brought records (`clock`)
@@ -164,7 +168,8 @@ class BatchConsumer:
                     outcomes = await self._apply_batch(records)
                 except _Stopped:
                     break
-                self._measured(len(records), self._clock() - started)
+                took = self._clock() - started
+                self._measured(len(records), took)
                 now = time.time()
                 for record, outcome in zip(records, outcomes, strict=True):
                     partition = TopicPartition(record.topic, record.partition)
@@ -177,6 +182,9 @@ class BatchConsumer:
                     log.warning("commit_failed", consumer=self.name, error=type(error).__name__)
             finally:
                 self._idle.set()
+            pause = self.pause_after(took)
+            if pause:
+                await self._unless_stopping(asyncio.sleep(pause))
         structlog.contextvars.clear_contextvars()  # the last record's trace is not this line's
         log.info("consumer_stopped", consumer=self.name)
 
@@ -209,6 +217,16 @@ class BatchConsumer:
         if self._clock() - behind.last_records_at > ACTIVE_SECONDS:
             return self._max_records
         return max(1, min(self._max_records, int(self._slice_seconds / per_record)))
+
+    def pause_after(self, seconds: float) -> float:
+        """After a batch that took `seconds`: how long to wait before the next one (behind an
+        active live consumer, what keeps this consumer to `backlog_share` of the time; else 0)."""
+        behind = self._behind
+        if behind is None or self._backlog_share >= 1:
+            return 0.0
+        if self._clock() - behind.last_records_at > ACTIVE_SECONDS:
+            return 0.0
+        return seconds * (1 - self._backlog_share) / self._backlog_share
 
     def _measured(self, records: int, seconds: float) -> None:
         per_record = seconds / records

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.classifier.decisions import DECISION_SHARE, PassCost, decision_due
+from services.classifier.decisions import DECISION_SHARE, BacklogShare, PassCost, decision_due
 
 
 def test_nothing_is_decided_before_the_delay():
@@ -26,3 +26,22 @@ def test_the_cost_per_event_is_learnt_from_passes_large_enough():
     for _ in range(20):
         cost.observe(events=100_000, seconds=1.5)
     assert cost.expected(1_000_000) == pytest.approx(15.0, rel=1e-3)
+
+
+def test_backlog_work_leaves_the_rest_of_the_share_idle_while_fresh_events_arrive():
+    share = BacklogShare(0.5)
+    assert share.spent(0.04, now=10.0) == 0.0  # no fresh event yet: the backlog runs flat out
+    share.fresh(10.0)
+    assert share.spent(0.04, now=10.1) == pytest.approx(0.04)  # as long idle as busy
+    assert share.idle_for(10.12) == pytest.approx(0.02)
+    assert share.idle_for(10.2) == 0.0
+    assert share.spent(0.04, now=11.2) == 0.0  # no fresh event for over a second: flat out again
+    quarter = BacklogShare(0.25)
+    quarter.fresh(0.0)
+    assert quarter.spent(0.01, now=0.5) == pytest.approx(0.03)
+
+
+def test_a_share_of_one_never_idles():
+    share = BacklogShare(1.0)
+    share.fresh(1.0)
+    assert share.spent(5.0, now=1.0) == 0.0 and share.idle_for(1.0) == 0.0

@@ -384,3 +384,23 @@ async def test_behind_an_active_live_consumer_a_backfill_batch_is_cut_to_its_sli
     live_alone = BatchConsumer("determinations", Kafka(), None, Progress(60), clock=clock)
     live_alone._measured(1, 1.0)
     assert live_alone.batch_size() == MAX_RECORDS  # a consumer behind nothing is never cut
+
+
+def test_behind_an_active_live_consumer_a_backfill_batch_is_followed_by_its_share_of_rest():
+    now = [100.0]
+    live = BatchConsumer("determinations", Kafka(), None, Progress(60), clock=lambda: now[0])
+
+    def behind(share: float) -> BatchConsumer:
+        return BatchConsumer(
+            "b", Kafka(), None, Progress(60), behind=live, backlog_share=share, clock=lambda: now[0]
+        )
+
+    half, quarter, whole = behind(0.5), behind(0.25), behind(1.0)
+    assert half.pause_after(0.04) == 0.0  # the live consumer has fetched nothing: no rest
+    live.last_records_at = now[0] - 0.5
+    assert half.pause_after(0.04) == pytest.approx(0.04)  # as long again
+    assert quarter.pause_after(0.04) == pytest.approx(0.12)
+    assert whole.pause_after(0.04) == 0.0
+    assert BatchConsumer("d", Kafka(), None, Progress(60)).pause_after(1.0) == 0.0
+    now[0] += 1.0  # quiet for over a second
+    assert half.pause_after(0.04) == 0.0
