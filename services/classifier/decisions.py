@@ -2,7 +2,9 @@
 (a patient whose decision raises is set aside: `dead_letters` says what it leaves behind).
 
 A patient touched by a batch is marked dirty; dirty patients are decided (`rules.evaluate`) at
-once when the worker has caught up (lag under `CAUGHT_UP_RECORDS`), or, during a backfill, once
+once when the worker has caught up (lag under `CAUGHT_UP_RECORDS`; a partition whose last batch
+stopped short of its fetch's high-water mark keeps its patients for the rest, up to the delay),
+or, during a backfill, once
 they have waited `CLASSIFIER_DECISION_DELAY_SECONDS` and four times what the pass is expected to
 take (`decision_due`), so that deciding takes at most a fifth of the time and a patient with a
 hundred events in a backfill is decided a few times, not a hundred.

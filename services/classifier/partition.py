@@ -39,6 +39,9 @@ class PartitionState:
     reevaluated_at: datetime | None = None  # when time passing last re-decided every patient
     # Determinations published for patients not admitted yet (a replay from the input's start).
     published_before: dict[bytes, str] = field(default_factory=dict)
+    # Lanes whose last batch stopped short of the high-water mark its fetch told: more of their
+    # records already wait, so their patients are not decided at once on part of them.
+    behind: set[str] = field(default_factory=set)
 
 
 class ParsedCache:

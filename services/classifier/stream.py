@@ -58,7 +58,7 @@ from services.classifier.decisions import (
 from services.classifier.delivery import Delivery, offset_of
 from services.classifier.history import CONFLICT_REASON, Admission, PatientHistory
 from services.classifier.metrics import Metrics
-from services.classifier.partition import BACKFILL, LIVE, ParsedCache, PartitionState
+from services.classifier.partition import BACKFILL, LANES, LIVE, ParsedCache, PartitionState
 from services.classifier.policy import Policy
 from services.classifier.records import DecisionFailure
 from services.classifier.restore import assign
@@ -263,13 +263,15 @@ class Classifier:
                     gc.collect()
                     gc.freeze()
                 # Live events' patients first: they wait for no backlog and no pass.
-                decided = await self._decide_dirty(only=self.live) if self.live else []
+                ready = self._live_ready() if self.live else set()
+                decided = await self._decide_dirty(only=ready) if ready else []
                 backlog = any(tp.topic == self.backfill_topic for tp in batches)
-                if not self.backlog_share.idle_for(time.monotonic()) and (
-                    self.passing or self._should_decide()
-                ):
-                    decided += await self._decide_slice()
-                    backlog = True
+                if not self.backlog_share.idle_for(time.monotonic()):
+                    if not self.passing:
+                        self._begin_pass(self._pass_to_begin())
+                    if self.passing:
+                        decided += await self._decide_slice()
+                        backlog = True
                 self.metrics.dirty.set(len(self.dirty) + len(decided))
                 delivered = await self._deliver(decided)
                 if delivered and self._checkpoint_due() and await self._checkpoint():
@@ -313,6 +315,8 @@ class Classifier:
             lane = self.lane_of.get(tp.topic)
             if state is None or lane is None or not records:
                 continue  # revoked while fetched: the next owner reads them
+            # The end this fetch told, read before any await (a later fetch may move it).
+            highwater = self.consumer.highwater(tp) if self.consumer is not None else None
             admitted = 0
             for record in records:
                 admission = self._admit(state, tp.partition, lane, record)
@@ -324,6 +328,10 @@ class Classifier:
             count += len(records)
             last = records[-1].offset
             state.next_offset[lane] = last + 1
+            if highwater is not None and highwater > last + 1:
+                state.behind.add(lane)
+            else:
+                state.behind.discard(lane)
             self.progress.processed((lane, tp.partition), last)
             self._counted_new.inc(admitted)
         self._counted_duplicate.inc(duplicates)
@@ -434,16 +442,54 @@ class Classifier:
                 lags[partition] = lags.get(partition, 0) + lag
         return lags
 
-    def _should_decide(self) -> bool:
+    def _read_to_end(self, partition: int, lanes: tuple[str, ...] = LANES) -> bool:
+        """Whether the last batch of each of these lanes of the partition reached the end its
+        fetch told (a patient whose records wait in a later fetch would be decided on part of
+        its history, and that determination replaced a moment later)."""
+        state = self.owned.get(partition)
+        return state is not None and not state.behind.intersection(lanes)
+
+    def _live_ready(self) -> set[bytes]:
+        """The live patients to decide now: those whose partition's live lane was read to the
+        end its fetch told. The others wait, live still, for the rest of their records."""
+        ready = set()
+        for key in self.live:
+            mark = self.dirty.get(key)
+            if mark is not None and self._read_to_end(mark.partition, (LIVE,)):
+                ready.add(key)
+        return ready
+
+    def _pass_to_begin(self) -> list[bytes]:
+        """The patients a decision pass begins with now (none: no pass yet).
+
+        Caught up (lag under `CAUGHT_UP_RECORDS`): at once, the dirty patients of the partitions
+        read to the end their last fetches told; a partition with records already waiting in a
+        later fetch keeps its patients for them (a replay read in several fetches must not be
+        decided on part of each history), and once the first dirty patient has waited the
+        decision delay, every one. During a backlog: every dirty patient, when `decision_due`.
+        """
         if not self.dirty:
-            return False
-        if sum(self.lag().values()) < CAUGHT_UP_RECORDS:
-            return True
+            return []
         waited = time.monotonic() - (self.dirty_since or time.monotonic())
         delay = self.settings.classifier_decision_delay_seconds
+        if sum(self.lag().values()) < CAUGHT_UP_RECORDS:
+            if waited >= delay:
+                return list(self.dirty)
+            return [key for key, mark in self.dirty.items() if self._read_to_end(mark.partition)]
         if waited < delay:
-            return False
-        return decision_due(waited, delay, self.pass_cost.expected(self._dirty_events()))
+            return []
+        if decision_due(waited, delay, self.pass_cost.expected(self._dirty_events())):
+            return list(self.dirty)
+        return []
+
+    def _begin_pass(self, keys: list[bytes]) -> None:
+        """A pass begins with `keys`; the wait of the patients left out goes on."""
+        if not keys:
+            return
+        self.passing.extend(keys)
+        if len(keys) == len(self.dirty):
+            self.dirty_since = None  # from now: the first patient marked after the pass began
+        self._dirty_events_at = (-1e9, 0)
 
     def _dirty_events(self) -> int:
         """The events in the histories of the dirty patients: what their pass will read.
@@ -481,9 +527,7 @@ class Classifier:
         patients whose histories add up to what `CLASSIFIER_DECISION_SLICE_SECONDS` decides at
         the pass's measured cost per event (one patient at least)."""
         if not self.passing:
-            self.passing.extend(self.dirty)
-            self.dirty_since = None  # from now: the first patient marked after the pass began
-            self._dirty_events_at = (-1e9, 0)
+            self._begin_pass(list(self.dirty))
         limit = self.settings.classifier_decision_slice_seconds / self.pass_cost.seconds_per_event
         chunk: dict[bytes, Dirty] = {}
         events = 0
@@ -502,7 +546,8 @@ class Classifier:
 
     async def _decide(self, dirty: dict[bytes, Dirty]) -> list[Decided]:
         started = time.monotonic()
-        live, self.live = self.live, set()
+        live = self.live.intersection(dirty)
+        self.live.difference_update(dirty)
         changed, events = await decide(
             dirty,
             self.owned,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime
 
 import pytest
+from aiokafka import TopicPartition
 
 from services.classifier.partition import LIVE as LIVE_LANE
 from services.classifier.partition import offsets
@@ -117,3 +119,66 @@ async def test_a_backfill_patient_s_determination_goes_to_the_backfill_lane_unti
     admit_to("backfill", BACKLOG, 4)
     [decided] = await worker._decide_dirty()
     assert decided.backfill
+
+
+class Highwaters:
+    """What the worker reads of its consumer here: the end each partition's last fetch told."""
+
+    def __init__(self, ends: dict[TopicPartition, int]):
+        self.ends = ends
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return self.ends.get(tp)
+
+
+def records(key: bytes, numbers: range, age_s: float) -> list[Record]:
+    stamp = int((time.time() - age_s) * 1000)
+    return [Record(key, score(key, n), n, timestamp=stamp) for n in numbers]
+
+
+async def test_a_live_batch_short_of_its_fetch_s_end_waits_for_the_rest_of_it(worker):
+    tp = TopicPartition(worker.events_topic, PARTITION)
+    worker.consumer = Highwaters({tp: 4})  # the fetch told 4 records; the batch holds 2
+    await worker._consume({tp: records(LIVE, range(2), age_s=0)})
+
+    assert worker.live == {LIVE} and worker._live_ready() == set()
+    await worker._consume({tp: records(LIVE, range(2, 4), age_s=0)})
+    assert worker._live_ready() == {LIVE}
+
+    [decided] = await worker._decide_dirty(only=worker._live_ready())
+    assert len(json.loads(decided.value)["evidence_event_ids"]) == 4  # one decision, on all 4
+    assert worker.live == set() and worker.dirty == {}
+
+
+async def test_caught_up_a_partition_with_records_waiting_keeps_its_patients_for_the_delay(
+    worker,
+):
+    # A replay read in several fetches: records 4 s old, the whole lag under CAUGHT_UP_RECORDS.
+    other = PARTITION + 1
+    worker.owned[other] = PartitionState(next_offset=offsets(0), committed=offsets(0))
+    short, whole = (
+        TopicPartition(worker.events_topic, PARTITION),
+        TopicPartition(worker.events_topic, other),
+    )
+    worker.consumer = Highwaters({short: 6, whole: 2})
+    await worker._consume(
+        {short: records(BACKLOG, range(3), age_s=4), whole: records(LIVE, range(2), age_s=4)}
+    )
+
+    assert worker.live == set()  # not live: read 4 s after they were written
+    assert worker._pass_to_begin() == [LIVE]  # BACKLOG's partition has 3 records waiting
+    worker._begin_pass(worker._pass_to_begin())
+    assert [item.key for item in await worker._decide_slice()] == [LIVE]
+    assert list(worker.dirty) == [BACKLOG] and worker.dirty_since is not None
+
+    worker.dirty_since -= worker.settings.classifier_decision_delay_seconds  # waited the delay
+    assert worker._pass_to_begin() == [BACKLOG]  # decided, even on part of its records
+
+
+async def test_a_batch_that_reaches_its_fetch_s_end_catches_its_partition_up(worker):
+    tp = TopicPartition(worker.events_topic, PARTITION)
+    worker.consumer = Highwaters({tp: 5})
+    await worker._consume({tp: records(BACKLOG, range(3), age_s=30)})
+    assert worker._pass_to_begin() == []
+    await worker._consume({tp: [Record(BACKLOG, score(BACKLOG, n), n) for n in (3, 4)]})
+    assert worker._pass_to_begin() == [BACKLOG]
