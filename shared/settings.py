@@ -97,7 +97,7 @@ class Settings(BaseSettings):
     classifier_backfill_batch: int = Field(default=1_000, gt=0)
     classifier_decision_delay_seconds: float = Field(default=5, ge=0)
     # A decision pass is decided a slice of about this long at a time, live events in between.
-    classifier_decision_slice_seconds: float = Field(default=0.05, gt=0)
+    classifier_decision_slice_seconds: float = Field(default=0.025, gt=0)
     # A record read within this long of its broker timestamp is live: its patient is decided at
     # once, even while a backlog waits for its pass (0: every record waits with the backlog).
     classifier_live_seconds: float = Field(default=1, ge=0)
@@ -123,7 +123,7 @@ class Settings(BaseSettings):
     coordinator_session_timeout_seconds: float = Field(default=10, gt=0)
     coordinator_fetch_wait_ms: int = Field(default=50, ge=0)
     # While live determinations flow, a backfill-lane batch is cut to about this long.
-    coordinator_backfill_slice_seconds: float = Field(default=0.05, gt=0)
+    coordinator_backfill_slice_seconds: float = Field(default=0.025, gt=0)
     # ... and a backfill consumer then waits, so that it takes at most this share of the time.
     coordinator_backlog_share: float = Field(default=0.5, gt=0, le=1)
 
